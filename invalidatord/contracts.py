@@ -1,0 +1,97 @@
+"""Every extension point in one place. Imports only `model`.
+
+Implementations: sources in `invalidatord.sources` (filesystem, sqs, memory), CloudFront in
+`invalidatord.cloudfront` (boto3, dry-run) and the in-memory fake in the tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Protocol
+
+from invalidatord.model import Change, FileStat, Invalidation
+
+#: Where sources deliver changes. Thread-safe, never blocks for long, never raises.
+ChangeSink = Callable[[Change], None]
+
+
+class Source(Protocol):
+    """A producer of changes.
+
+    Guarantees: `start` returns once the source is watching (every change made after it returns
+    is delivered) or raises `SourceError`; `stop` returns once no more changes will be delivered;
+    delivery happens on the source's own thread(s) through the `ChangeSink` it was built with.
+    """
+
+    name: str
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    @property
+    def healthy(self) -> bool:
+        """True while the source is watching/receiving as configured."""
+        ...
+
+    def acknowledge(self, receipts: Sequence[str]) -> None:
+        """Called after the changes carrying these receipts are committed to the journal.
+        Sources without receipts ignore it."""
+        ...
+
+
+class TreeScanner(Protocol):
+    """A source whose current state can be listed (filesystem): the catch-up scan uses it."""
+
+    name: str
+
+    def scan(self, prefix: str = "") -> Iterator[tuple[str, FileStat]]:
+        """Every file under `prefix` ("" = the whole root) that is not ignored, as
+        (path relative to the root, stat). Paths under `prefix` only; never raises for a file
+        that vanishes during the walk."""
+        ...
+
+    def stat(self, path: str) -> FileStat | None:
+        """The file's stat now, or None if it does not exist (or is not a regular file)."""
+        ...
+
+
+class FileIndex(Protocol):
+    """The persisted catch-up index of one filesystem source (kept in the journal)."""
+
+    def index_under(self, source: str, prefix: str) -> dict[str, FileStat]: ...
+
+    def index_is_empty(self, source: str) -> bool: ...
+
+
+class CloudFront(Protocol):
+    """The CloudFront edge. `distribution_id` is the CloudFront id (E2EXAMPLE...).
+
+    Every method raises `SinkError` subclasses, never botocore exceptions.
+    """
+
+    def create_invalidation(
+        self, distribution_id: str, paths: Sequence[str], caller_reference: str
+    ) -> Invalidation: ...
+
+    def get_invalidation(self, distribution_id: str, invalidation_id: str) -> Invalidation: ...
+
+    def list_in_progress(self, distribution_id: str) -> list[Invalidation]:
+        """Every invalidation of the distribution that is still InProgress, with its paths."""
+        ...
+
+    def check_distribution(self, distribution_id: str) -> None:
+        """A cheap call that proves credentials and the distribution (ListInvalidations,
+        MaxItems=1). Raises AccessProblem naming what is missing."""
+        ...
+
+
+class Clock(Protocol):
+    def __call__(self) -> float: ...
+
+
+def paths_of(changes: Iterable[Change]) -> set[str]:
+    return {c.path for c in changes}
+
+
+IndexSnapshot = Mapping[str, FileStat]

@@ -1,0 +1,98 @@
+"""Frozen values that flow through the pipeline. Imports nothing from the package."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+#: CloudFront's per-distribution limits on paths in progress (CLOUDFRONT.md).
+MAX_FILE_PATHS_IN_FLIGHT = 3000
+MAX_WILDCARD_PATHS_IN_FLIGHT = 15
+#: CloudFront rejects longer invalidation paths.
+MAX_PATH_LENGTH = 4000
+
+
+class ChangeKind(enum.StrEnum):
+    CREATED = "created"
+    MODIFIED = "modified"
+    DELETED = "deleted"
+    MOVED = "moved"  # both ends of a move are reported, each as MOVED
+    #: "something under this directory changed in ways the watcher could not see"
+    #: (a directory created, deleted or moved, an inotify overflow, a periodic safety net):
+    #: the pipeline diffs the subtree `path` ("" = the whole root) against the source's index.
+    RESCAN = "rescan"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One observed change of one path of one source.
+
+    `path` is relative to the source root, POSIX separators, no leading slash. Names that are
+    not valid UTF-8 arrive decoded with `surrogateescape` (as `os.fsdecode` does), so the raw
+    bytes survive to the CloudFront encoder. For S3 sources it is the decoded object key (less
+    the configured prefix). `seen` is wall-clock time (`time.time()`).
+    `receipt` is an opaque acknowledgement token (an SQS receipt handle): the pipeline hands it
+    back to the source only after the change is committed to the journal.
+    """
+
+    source: str
+    path: str
+    kind: ChangeKind
+    seen: float
+    receipt: str | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class FileStat:
+    """What the catch-up index remembers of one file."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+
+
+def is_wildcard(url_path: str) -> bool:
+    """CloudFront counts a path ending in `*` against the wildcard limit, anything else as a file."""
+    return url_path.endswith("*")
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One CreateInvalidation request's worth of URL paths for one distribution (planner output)."""
+
+    distribution: str  # the config name, not the CloudFront id
+    paths: tuple[str, ...]
+
+    @property
+    def wildcards(self) -> int:
+        return sum(1 for p in self.paths if is_wildcard(p))
+
+    @property
+    def files(self) -> int:
+        return len(self.paths) - self.wildcards
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """Paths in progress on one distribution, ours and other people's."""
+
+    files: int = 0
+    wildcards: int = 0
+
+    def __add__(self, other: InFlight) -> InFlight:
+        return InFlight(self.files + other.files, self.wildcards + other.wildcards)
+
+
+@dataclass(frozen=True, slots=True)
+class Invalidation:
+    """CloudFront's answer about one invalidation."""
+
+    id: str
+    status: str  # "InProgress" | "Completed" (normalised; moto says "COMPLETED")
+    create_time: float | None = None
+    paths: tuple[str, ...] = ()
+    caller_reference: str | None = None
+
+    @property
+    def completed(self) -> bool:
+        return self.status.lower() == "completed"
