@@ -126,7 +126,7 @@ def compile_match(pattern: str) -> Callable[[str], bool]:
     return match
 
 
-# A parsed template: literal text (already encoded) and variable names, in order.
+# A parsed template: literal text (encoded once the Mapper compiles it) and variable names.
 _Part = tuple[bool, str]  # (is_variable, literal text or variable name)
 
 
