@@ -1,0 +1,523 @@
+"""The journal: the single durable record (SQLite, WAL, stdlib `sqlite3`).
+
+A change is *accepted* once its URL paths are committed to `pending` here; from then on it is
+never dropped. A batch is written (state `planned`, with its CallerReference) *before*
+CreateInvalidation is called, so a crash between the call and the answer resubmits the same
+batch with the same reference and CloudFront answers with the existing invalidation.
+
+    pending ──create_batch──> planned ──mark_submitted──> submitted ──mark_completed──> completed
+                                 │ split (InvalidArgument, bisect) ──> two new planned batches
+                                 └ reject (one path CloudFront refuses) ──> rejected
+
+One connection per process, guarded by a lock; other processes (`invalidatord status`,
+`invalidatord invalidate`) open their own and rely on WAL for concurrent readers and on
+`busy_timeout` for writers. Writes are batched by the caller: one transaction per flush.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from invalidatord.errors import JournalError
+from invalidatord.model import FileStat, InFlight, is_wildcard
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pending (
+    distribution TEXT NOT NULL,
+    path TEXT NOT NULL,
+    first_seen REAL NOT NULL,
+    origin TEXT,
+    PRIMARY KEY (distribution, path)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pending_age ON pending (distribution, first_seen);
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    distribution TEXT NOT NULL,
+    caller_reference TEXT NOT NULL,
+    paths TEXT NOT NULL,
+    origins TEXT NOT NULL,
+    files INTEGER NOT NULL,
+    wildcards INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    invalidation_id TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    first_seen REAL NOT NULL,
+    created REAL NOT NULL,
+    submitted REAL,
+    completed REAL
+);
+CREATE INDEX IF NOT EXISTS batches_state ON batches (state, distribution);
+CREATE TABLE IF NOT EXISTS fs_index (
+    source TEXT NOT NULL,
+    path BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    inode INTEGER NOT NULL,
+    PRIMARY KEY (source, path)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS baselines (source TEXT PRIMARY KEY, recorded REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+PLANNED, SUBMITTED, COMPLETED, REJECTED, SPLIT = (
+    "planned",
+    "submitted",
+    "completed",
+    "rejected",
+    "split",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """One batch as the journal holds it."""
+
+    id: int
+    distribution: str
+    caller_reference: str
+    paths: tuple[str, ...]
+    origins: dict[str, str]
+    state: str
+    invalidation_id: str | None
+    attempts: int
+    last_error: str | None
+    first_seen: float
+    created: float
+    submitted: float | None
+    completed: float | None
+
+    @property
+    def in_flight(self) -> InFlight:
+        wild = sum(1 for p in self.paths if is_wildcard(p))
+        return InFlight(len(self.paths) - wild, wild)
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """One URL path to queue: `origin` names what it came from (source:path, or `manual`)."""
+
+    distribution: str
+    path: str
+    first_seen: float
+    origin: str
+
+
+def _key(path: str) -> bytes:
+    # Index paths may carry surrogate escapes (non-UTF-8 names): store their raw bytes.
+    return path.encode("utf-8", "surrogateescape")
+
+
+def _unkey(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _prefix_range(prefix: str) -> tuple[bytes, bytes] | None:
+    """Byte range holding `prefix` itself and everything under `prefix/` (None = everything)."""
+    if not prefix:
+        return None
+    base = _key(prefix.strip("/"))
+    return base, base + b"0"  # b"0" sorts right after b"/"
+
+
+class Journal:
+    """The durable record. Thread-safe within a process; safe across processes (WAL)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time):
+        self.path = str(path)
+        self._clock = clock
+        self._lock = threading.RLock()
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                self.path, timeout=30, check_same_thread=False, isolation_level=None
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed flush survives power loss too; commits are one per flush.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=30000")
+            with self._tx() as db:
+                for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+                    db.execute(statement)
+                db.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('instance', ?)", (uuid.uuid4().hex,))
+                self.instance = db.execute(
+                    "SELECT value FROM meta WHERE key = 'instance'"
+                ).fetchone()[0]
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalError(f"cannot open the journal {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise JournalError(f"journal {self.path}: {exc}") from exc
+
+    def _read(self, sql: str, args: Sequence[object] = ()) -> list[Any]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise JournalError(f"journal {self.path}: {exc}") from exc
+
+    # ---- accepting changes -------------------------------------------------------------------
+
+    def accept(
+        self,
+        urls: Iterable[Accepted],
+        index_updates: Iterable[tuple[str, str, FileStat | None]] = (),
+        counts: dict[str, int] | None = None,
+    ) -> int:
+        """Commit URL paths to `pending` (the earliest first_seen wins) together with the catch-up
+        index updates (None = the file is gone) in one transaction. Returns rows added."""
+        with self._tx() as db:
+            before = db.total_changes
+            db.executemany(
+                "INSERT INTO pending VALUES (?, ?, ?, ?) ON CONFLICT (distribution, path) "
+                "DO UPDATE SET first_seen = min(first_seen, excluded.first_seen)",
+                ((u.distribution, u.path, u.first_seen, u.origin) for u in urls),
+            )
+            added = db.total_changes - before
+            gone: list[tuple[str, bytes]] = []
+            present: list[tuple[str, bytes, int, int, int]] = []
+            for source, path, st in index_updates:
+                if st is None:
+                    gone.append((source, _key(path)))
+                else:
+                    present.append((source, _key(path), st.size, st.mtime_ns, st.inode))
+            if gone:
+                db.executemany("DELETE FROM fs_index WHERE source = ? AND path = ?", gone)
+            if present:
+                db.executemany("INSERT OR REPLACE INTO fs_index VALUES (?, ?, ?, ?, ?)", present)
+            for name, value in (counts or {}).items():
+                db.execute(
+                    "INSERT INTO counters VALUES (?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                    (name, value),
+                )
+        return added
+
+    def pending_paths(self, distribution: str, limit: int) -> list[str]:
+        """Up to `limit` pending paths of one distribution, oldest first."""
+        rows = self._read(
+            "SELECT path FROM pending WHERE distribution = ? ORDER BY first_seen, path LIMIT ?",
+            (distribution, limit),
+        )
+        return [str(r[0]) for r in rows]
+
+    def pending_summary(self) -> dict[str, tuple[int, float]]:
+        """distribution -> (pending paths, first_seen of the oldest)."""
+        rows = self._read(
+            "SELECT distribution, count(*), min(first_seen) FROM pending GROUP BY distribution"
+        )
+        return {str(d): (int(n), float(t)) for d, n, t in rows}
+
+    def pending_count(self) -> int:
+        return int(self._read("SELECT count(*) FROM pending")[0][0])
+
+    # ---- batches -----------------------------------------------------------------------------
+
+    def caller_reference(self, batch_id: int, distribution: str, paths: Sequence[str]) -> str:
+        """Deterministic from the persisted batch: the same batch always gets the same reference
+        (so a resubmission can never create a second invalidation); the journal's instance id
+        keeps a wiped-and-recreated journal from reusing an old reference for other paths."""
+        digest = hashlib.sha256("\n".join([distribution, *sorted(paths)]).encode()).hexdigest()
+        return f"invalidatord-{self.instance[:8]}-{batch_id}-{digest[:16]}"
+
+    def create_batch(
+        self, distribution: str, paths: Sequence[str], consumed: Sequence[str]
+    ) -> BatchRecord:
+        """Move `consumed` pending paths (the batch's own and those its wildcards cover) into a
+        new planned batch, atomically."""
+        now = self._clock()
+        with self._tx() as db:
+            marks = ",".join("?" * len(consumed))
+            rows = db.execute(
+                f"SELECT path, first_seen, origin FROM pending "  # noqa: S608 - placeholders only
+                f"WHERE distribution = ? AND path IN ({marks})",
+                (distribution, *consumed),
+            ).fetchall()
+            first_seen = min((float(r[1]) for r in rows), default=now)
+            origins = {str(r[0]): str(r[2] or "") for r in rows if r[0] in set(paths)}
+            batch_id = self._insert_batch(db, distribution, paths, origins, first_seen, now)
+            db.execute(
+                f"DELETE FROM pending WHERE distribution = ? AND path IN ({marks})",  # noqa: S608
+                (distribution, *consumed),
+            )
+        return self.batch(batch_id)
+
+    def _insert_batch(
+        self,
+        db: sqlite3.Connection,
+        distribution: str,
+        paths: Sequence[str],
+        origins: dict[str, str],
+        first_seen: float,
+        now: float,
+    ) -> int:
+        wild = sum(1 for p in paths if is_wildcard(p))
+        cur = db.execute(
+            "INSERT INTO batches (distribution, caller_reference, paths, origins, files, "
+            "wildcards, state, first_seen, created) VALUES (?, '', ?, ?, ?, ?, ?, ?, ?)",
+            (
+                distribution,
+                json.dumps(list(paths)),
+                json.dumps(origins),
+                len(paths) - wild,
+                wild,
+                PLANNED,
+                first_seen,
+                now,
+            ),
+        )
+        batch_id = int(cur.lastrowid or 0)
+        db.execute(
+            "UPDATE batches SET caller_reference = ? WHERE id = ?",
+            (self.caller_reference(batch_id, distribution, paths), batch_id),
+        )
+        return batch_id
+
+    def batch(self, batch_id: int) -> BatchRecord:
+        rows = self._read(f"SELECT {_COLUMNS} FROM batches WHERE id = ?", (batch_id,))  # noqa: S608
+        if not rows:
+            raise JournalError(f"journal {self.path}: no batch {batch_id}")
+        return _record(rows[0])
+
+    def batches(
+        self, state: str, distribution: str | None = None, limit: int = 1_000_000
+    ) -> list[BatchRecord]:
+        if distribution is None:
+            rows = self._read(
+                f"SELECT {_COLUMNS} FROM batches WHERE state = ? ORDER BY id LIMIT ?",  # noqa: S608
+                (state, limit),
+            )
+        else:
+            rows = self._read(
+                f"SELECT {_COLUMNS} FROM batches "  # noqa: S608
+                "WHERE state = ? AND distribution = ? ORDER BY id LIMIT ?",
+                (state, distribution, limit),
+            )
+        return [_record(r) for r in rows]
+
+    def recent(self, limit: int = 20) -> list[BatchRecord]:
+        rows = self._read(
+            f"SELECT {_COLUMNS} FROM batches WHERE state != ? ORDER BY id DESC LIMIT ?",  # noqa: S608
+            (SPLIT, limit),
+        )
+        return [_record(r) for r in rows]
+
+    def mark_submitted(self, batch_id: int, invalidation_id: str, completed: bool) -> None:
+        now = self._clock()
+        with self._tx() as db:
+            db.execute(
+                "UPDATE batches SET state = ?, invalidation_id = ?, submitted = ?, "
+                "attempts = attempts + 1, last_error = NULL, completed = ? WHERE id = ?",
+                (
+                    COMPLETED if completed else SUBMITTED,
+                    invalidation_id,
+                    now,
+                    now if completed else None,
+                    batch_id,
+                ),
+            )
+
+    def mark_completed(self, batch_id: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE batches SET state = ?, completed = ? WHERE id = ? AND state = ?",
+                (COMPLETED, self._clock(), batch_id, SUBMITTED),
+            )
+
+    def record_failure(self, batch_id: int, error: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE batches SET attempts = attempts + 1, last_error = ? WHERE id = ?",
+                (error[:500], batch_id),
+            )
+
+    def split(self, batch_id: int) -> tuple[BatchRecord, BatchRecord]:
+        """Replace a planned batch by its two halves (bisecting an InvalidArgument)."""
+        old = self.batch(batch_id)
+        half = len(old.paths) // 2
+        now = self._clock()
+        with self._tx() as db:
+            db.execute("UPDATE batches SET state = ? WHERE id = ?", (SPLIT, batch_id))
+            ids = [
+                self._insert_batch(
+                    db,
+                    old.distribution,
+                    part,
+                    {p: old.origins.get(p, "") for p in part},
+                    old.first_seen,
+                    now,
+                )
+                for part in (old.paths[:half], old.paths[half:])
+            ]
+        return self.batch(ids[0]), self.batch(ids[1])
+
+    def reject(self, batch_id: int, error: str) -> None:
+        """CloudFront refuses this (single-path) batch: set it aside, never retried."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE batches SET state = ?, last_error = ?, attempts = attempts + 1 "
+                "WHERE id = ?",
+                (REJECTED, error[:500], batch_id),
+            )
+
+    def rereference(self, batch_id: int) -> BatchRecord:
+        """The reference was used elsewhere with other paths: give the batch a new one."""
+        old = self.batch(batch_id)
+        with self._tx() as db:
+            db.execute(
+                "UPDATE batches SET caller_reference = ? WHERE id = ?",
+                (f"{old.caller_reference}-r{old.attempts + 1}", batch_id),
+            )
+        return self.batch(batch_id)
+
+    def in_flight(self, distribution: str) -> InFlight:
+        """Paths of our own invalidations still InProgress on the distribution."""
+        row = self._read(
+            "SELECT coalesce(sum(files), 0), coalesce(sum(wildcards), 0) FROM batches "
+            "WHERE state = ? AND distribution = ?",
+            (SUBMITTED, distribution),
+        )[0]
+        return InFlight(int(row[0]), int(row[1]))
+
+    def known_invalidation_ids(self, distribution: str) -> set[str]:
+        rows = self._read(
+            "SELECT invalidation_id FROM batches WHERE distribution = ? "
+            "AND invalidation_id IS NOT NULL",
+            (distribution,),
+        )
+        return {str(r[0]) for r in rows}
+
+    def billed_this_month(self, now: float | None = None) -> int:
+        """Paths submitted since the start of this calendar month (UTC), each batch once."""
+        t = time.gmtime(self._clock() if now is None else now)
+        start = calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0))
+        row = self._read(
+            "SELECT coalesce(sum(files + wildcards), 0) FROM batches "
+            "WHERE submitted >= ? AND state IN (?, ?)",
+            (start, SUBMITTED, COMPLETED),
+        )[0]
+        return int(row[0])
+
+    def counters(self) -> dict[str, int]:
+        return {str(n): int(v) for n, v in self._read("SELECT name, value FROM counters")}
+
+    # ---- the catch-up index ------------------------------------------------------------------
+
+    def index_under(self, source: str, prefix: str) -> dict[str, FileStat]:
+        bounds = _prefix_range(prefix)
+        if bounds is None:
+            rows = self._read(
+                "SELECT path, size, mtime_ns, inode FROM fs_index WHERE source = ?", (source,)
+            )
+        else:
+            rows = self._read(
+                "SELECT path, size, mtime_ns, inode FROM fs_index "
+                "WHERE source = ? AND path >= ? AND path < ?",
+                (source, *bounds),
+            )
+        result: dict[str, FileStat] = {}
+        exact = _key(prefix.strip("/"))
+        for path, size, mtime_ns, inode in rows:
+            raw = bytes(path)
+            # keep `prefix` itself and `prefix/...`, not `prefix-other` (between / and 0)
+            if bounds is None or raw == exact or raw.startswith(exact + b"/"):
+                result[_unkey(raw)] = FileStat(int(size), int(mtime_ns), int(inode))
+        return result
+
+    def index_get(self, source: str, paths: Iterable[str]) -> dict[str, FileStat]:
+        """The indexed stat of each of `paths` that is in the index."""
+        result: dict[str, FileStat] = {}
+        with self._lock:
+            for path in paths:
+                row = self._db.execute(
+                    "SELECT size, mtime_ns, inode FROM fs_index WHERE source = ? AND path = ?",
+                    (source, _key(path)),
+                ).fetchone()
+                if row is not None:
+                    result[path] = FileStat(*row)
+        return result
+
+    def index_is_empty(self, source: str) -> bool:
+        return not self._read("SELECT 1 FROM fs_index WHERE source = ? LIMIT 1", (source,))
+
+    def index_size(self, source: str) -> int:
+        return int(self._read("SELECT count(*) FROM fs_index WHERE source = ?", (source,))[0][0])
+
+    def baseline_recorded(self, source: str) -> bool:
+        return bool(self._read("SELECT 1 FROM baselines WHERE source = ?", (source,)))
+
+    def record_baseline(self, source: str, entries: Iterable[tuple[str, FileStat]]) -> int:
+        """The very first start: remember the tree as it is and invalidate nothing."""
+        count = 0
+        with self._tx() as db:
+            db.execute("DELETE FROM fs_index WHERE source = ?", (source,))
+
+            def rows() -> Iterator[tuple[str, bytes, int, int, int]]:
+                nonlocal count
+                for path, st in entries:
+                    count += 1
+                    yield (source, _key(path), st.size, st.mtime_ns, st.inode)
+
+            db.executemany("INSERT OR REPLACE INTO fs_index VALUES (?, ?, ?, ?, ?)", rows())
+            db.execute("INSERT OR REPLACE INTO baselines VALUES (?, ?)", (source, self._clock()))
+        return count
+
+
+_COLUMNS = (
+    "id, distribution, caller_reference, paths, origins, state, invalidation_id, attempts, "
+    "last_error, first_seen, created, submitted, completed"
+)
+
+
+def _record(row: Any) -> BatchRecord:
+    (bid, dist, ref, paths, origins, state, inv, attempts, err, first, created, sub, done) = row
+    return BatchRecord(
+        id=int(bid),
+        distribution=str(dist),
+        caller_reference=str(ref),
+        paths=tuple(json.loads(str(paths))),
+        origins=dict(json.loads(str(origins))),
+        state=str(state),
+        invalidation_id=None if inv is None else str(inv),
+        attempts=int(attempts),
+        last_error=None if err is None else str(err),
+        first_seen=float(first),
+        created=float(created),
+        submitted=None if sub is None else float(sub),
+        completed=None if done is None else float(done),
+    )

@@ -1,0 +1,146 @@
+"""The journal: what is committed survives, batches move through their states, the index works."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from invalidatord.errors import JournalError
+from invalidatord.journal import (
+    COMPLETED,
+    PLANNED,
+    REJECTED,
+    SPLIT,
+    SUBMITTED,
+    Accepted,
+    Journal,
+)
+from invalidatord.model import FileStat, InFlight
+
+
+def _accept(j: Journal, *paths: str, dist: str = "www", t: float = 100.0) -> int:
+    return j.accept(Accepted(dist, p, t, f"docroot:{p}") for p in paths)
+
+
+def test_accept_deduplicates_and_keeps_the_earliest_first_seen(tmp_path: Path) -> None:
+    """The same URL accepted twice is pending once, with the earliest first_seen."""
+    j = Journal(tmp_path / "j.sqlite")
+    assert _accept(j, "/a", "/b", t=200.0) == 2
+    _accept(j, "/a", t=100.0)
+    assert j.pending_paths("www", 10) == ["/a", "/b"]
+    assert j.pending_summary() == {"www": (2, 100.0)}
+
+
+def test_committed_paths_survive_a_killed_process(tmp_path: Path) -> None:
+    """A process SIGKILLed right after accept() returns leaves its paths in the journal."""
+    path = tmp_path / "j.sqlite"
+
+    def child() -> None:
+        j = Journal(path)
+        _accept(j, *(f"/p{i}" for i in range(1000)))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    proc = multiprocessing.get_context("fork").Process(target=child)
+    proc.start()
+    proc.join(30)
+    assert proc.exitcode == -signal.SIGKILL
+    assert Journal(path).pending_count() == 1000
+
+
+def test_batch_lifecycle_and_in_flight(tmp_path: Path) -> None:
+    """pending -> planned -> submitted -> completed, with in-flight counts from the journal."""
+    j = Journal(tmp_path / "j.sqlite")
+    _accept(j, "/a", "/b", "/img/*", "/img/x.png")
+    rec = j.create_batch("www", ["/a", "/b", "/img/*"], ["/a", "/b", "/img/*", "/img/x.png"])
+    assert rec.state == PLANNED
+    assert j.pending_count() == 0
+    assert rec.origins["/a"] == "docroot:/a"
+    assert j.in_flight("www") == InFlight()
+    j.mark_submitted(rec.id, "I123", completed=False)
+    assert j.batch(rec.id).state == SUBMITTED
+    assert j.in_flight("www") == InFlight(files=2, wildcards=1)
+    assert j.known_invalidation_ids("www") == {"I123"}
+    j.mark_completed(rec.id)
+    assert j.batch(rec.id).state == COMPLETED
+    assert j.in_flight("www") == InFlight()
+    assert j.billed_this_month() == 3
+
+
+def test_caller_reference_is_deterministic_and_per_journal(tmp_path: Path) -> None:
+    """The same batch always has the same reference; another journal's never collides."""
+    a, b = Journal(tmp_path / "a.sqlite"), Journal(tmp_path / "b.sqlite")
+    assert a.caller_reference(7, "www", ["/y", "/x"]) == a.caller_reference(7, "www", ["/x", "/y"])
+    assert a.caller_reference(7, "www", ["/x"]) != a.caller_reference(7, "www", ["/z"])
+    assert a.caller_reference(7, "www", ["/x"]) != b.caller_reference(7, "www", ["/x"])
+    _accept(a, "/x")
+    rec = a.create_batch("www", ["/x"], ["/x"])
+    reopened = Journal(tmp_path / "a.sqlite").batch(rec.id)
+    assert reopened.caller_reference == rec.caller_reference
+
+
+def test_split_and_reject(tmp_path: Path) -> None:
+    """Bisecting replaces a batch by its halves; a rejected path is set aside, not retried."""
+    j = Journal(tmp_path / "j.sqlite")
+    paths = [f"/p{i}" for i in range(5)]
+    _accept(j, *paths)
+    rec = j.create_batch("www", paths, paths)
+    first, second = j.split(rec.id)
+    assert j.batch(rec.id).state == SPLIT
+    assert first.paths + second.paths == tuple(paths)
+    assert {first.state, second.state} == {PLANNED}
+    assert first.caller_reference != second.caller_reference != rec.caller_reference
+    assert [b.id for b in j.batches(PLANNED, "www")] == [first.id, second.id]
+    j.reject(first.id, "InvalidArgument: bad path")
+    assert j.batch(first.id).state == REJECTED
+    assert [b.id for b in j.batches(PLANNED)] == [second.id]
+
+
+def test_rereference_gives_a_new_reference(tmp_path: Path) -> None:
+    """A reference CloudFront says was used for other paths is replaced, once per attempt."""
+    j = Journal(tmp_path / "j.sqlite")
+    _accept(j, "/x")
+    rec = j.create_batch("www", ["/x"], ["/x"])
+    j.record_failure(rec.id, "InvalidationBatchAlreadyExists")
+    fresh = j.rereference(rec.id)
+    assert fresh.caller_reference != rec.caller_reference
+    assert fresh.caller_reference.startswith(rec.caller_reference)
+
+
+def test_index_prefix_queries_and_non_utf8_names(tmp_path: Path) -> None:
+    """index_under returns the prefix itself and what is under it, never a sibling prefix."""
+    j = Journal(tmp_path / "j.sqlite")
+    weird = os.fsdecode(b"docs/caf\xe9.html")
+    st = FileStat(1, 2, 3)
+    j.record_baseline(
+        "root", [("docs/a.html", st), ("docs-old/b.html", st), ("docs", st), (weird, st)]
+    )
+    assert set(j.index_under("root", "docs")) == {"docs/a.html", "docs", weird}
+    assert len(j.index_under("root", "")) == 4
+    assert j.baseline_recorded("root")
+    assert not j.baseline_recorded("other")
+    j.accept([], [("root", "docs/a.html", None), ("root", "new.html", FileStat(5, 6, 7))])
+    assert "docs/a.html" not in j.index_under("root", "")
+    assert j.index_get("root", ["new.html", "nope"]) == {"new.html": FileStat(5, 6, 7)}
+
+
+def test_unusable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
+    """A state_dir that cannot be created names the path in the error."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(JournalError, match="file"):
+        Journal(blocker / "journal.sqlite")
+
+
+def test_second_process_reads_while_writer_holds_it(tmp_path: Path) -> None:
+    """WAL: another connection reads committed rows while this one stays open."""
+    path = tmp_path / "j.sqlite"
+    writer = Journal(path)
+    _accept(writer, "/a")
+    reader = Journal(path)
+    assert reader.pending_paths("www", 10) == ["/a"]
+    _accept(writer, "/b")
+    assert reader.pending_count() == 2
