@@ -1,0 +1,258 @@
+"""The pipeline: changes from sources -> debounce -> (catch-up diff) -> mapping -> journal.
+
+One thread owns the debouncers; sources only put changes on a queue (`sink`), so a source's
+thread never waits on the journal. A flush is accepted in one journal transaction together with
+the catch-up index updates, and only then are the sources' receipts (SQS messages) acknowledged.
+
+Durability of a change still inside the debounce window when the process dies: for filesystem
+sources the catch-up index is updated only in the same transaction that accepts the change, so
+the start-up catch-up scan finds every such file again; SQS messages are deleted only after the
+commit, so they are redelivered.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import structlog
+
+from invalidatord import catchup
+from invalidatord.contracts import Source, TreeScanner
+from invalidatord.debounce import Coalesced, Debouncer, Flush
+from invalidatord.errors import InvalidatordError
+from invalidatord.journal import Accepted, Journal
+from invalidatord.mapping import Mapper
+from invalidatord.metrics import Metrics
+from invalidatord.model import Change, ChangeKind, FileStat
+
+log = structlog.get_logger(__name__)
+
+#: How many queued changes one loop iteration takes before checking for due flushes.
+_DRAIN_MAX = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class DebounceSettings:
+    quiet: float
+    max_delay: float
+    max_pending: int = 10_000
+
+
+class Pipeline:
+    """Owns the debouncers and turns flushes into accepted journal rows."""
+
+    def __init__(
+        self,
+        *,
+        sources: Mapping[str, Source],
+        scanners: Mapping[str, TreeScanner],
+        mapper: Mapper,
+        journal: Journal,
+        debounce: DebounceSettings,
+        metrics: Metrics,
+        on_accepted: Callable[[], None] = lambda: None,
+        heartbeat: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._sources = dict(sources)
+        self._scanners = dict(scanners)
+        self._mapper = mapper
+        self._journal = journal
+        self._metrics = metrics
+        self._on_accepted = on_accepted
+        self._heartbeat = heartbeat
+        self._clock = clock
+        self._monotonic = monotonic
+        self._inbox: queue.SimpleQueue[Change] = queue.SimpleQueue()
+        self._debouncers = {
+            name: Debouncer(debounce.quiet, debounce.max_delay, debounce.max_pending)
+            for name in self._sources
+        }
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # receipts of flushes whose commit failed: acknowledged with the next successful one
+        self._held_receipts: dict[str, list[str]] = {name: [] for name in self._sources}
+        self.accepted_paths = 0
+
+    # Sources call this from their own threads: it must stay cheap and never block.
+    def sink(self, change: Change) -> None:
+        self._inbox.put(change)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the loop, then accept everything still queued or debouncing (the caller has
+        stopped the sources first, so nothing new arrives)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.flush_all()
+
+    def pending(self) -> int:
+        return sum(len(d) for d in self._debouncers.values()) + self._inbox.qsize()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once(timeout=self._wait_time())
+            except Exception:  # the loop must survive anything; the work stays queued
+                log.exception("pipeline_error")
+                self._stop.wait(1.0)
+            self._heartbeat()
+
+    def _wait_time(self) -> float:
+        dues = [d.next_due() for d in self._debouncers.values()]
+        soonest = min((t for t in dues if t is not None), default=None)
+        if soonest is None:
+            return 1.0
+        return min(1.0, max(0.0, soonest - self._monotonic()))
+
+    def run_once(self, timeout: float = 0.0) -> None:
+        """Take what is queued (waiting up to `timeout` for the first change), then accept
+        every flush that is due."""
+        drained = self._drain(timeout)
+        if drained:
+            now = self._monotonic()
+            counts: Counter[tuple[str, str]] = Counter()
+            for change in drained:
+                debouncer = self._debouncers.get(change.source)
+                if debouncer is None:
+                    log.warning("change_from_unknown_source", source=change.source)
+                    continue
+                debouncer.add(change, now)
+                counts[(change.source, change.kind.value)] += 1
+            for (source, kind), n in counts.items():
+                self._metrics.changes.labels(source, kind).inc(n)
+        now = self._monotonic()
+        for name, debouncer in self._debouncers.items():
+            if debouncer.due(now):
+                self._accept(name, debouncer.flush())
+
+    def _drain(self, timeout: float) -> list[Change]:
+        try:
+            first = self._inbox.get(timeout=timeout) if timeout > 0 else self._inbox.get_nowait()
+        except queue.Empty:
+            return []
+        out = [first]
+        get = self._inbox.get_nowait
+        try:
+            while len(out) < _DRAIN_MAX:
+                out.append(get())
+        except queue.Empty:
+            pass
+        return out
+
+    def flush_all(self) -> None:
+        """Accept everything queued and debouncing now, due or not (shutdown, tests)."""
+        while True:
+            drained = self._drain(0)
+            if not drained:
+                break
+            now = self._monotonic()
+            for change in drained:
+                if change.source in self._debouncers:
+                    self._debouncers[change.source].add(change, now)
+        for name, debouncer in self._debouncers.items():
+            if len(debouncer):
+                self._accept(name, debouncer.flush())
+
+    def _accept(self, source: str, flush: Flush) -> None:
+        try:
+            self._accept_flush(source, flush)
+        except InvalidatordError as exc:
+            # Nothing is lost: the receipts are not acknowledged (SQS redelivers) and the
+            # catch-up index was not updated (the next scan finds the files again). Put the
+            # changes back so this process retries after the next quiet window.
+            log.error("accept_failed", source=source, error=str(exc), changes=len(flush.changes))
+            self._held_receipts.setdefault(source, []).extend(flush.receipts)
+            now = self._monotonic()
+            for c in flush.changes:
+                self._debouncers[source].add(
+                    Change(source, c.path, c.last_kind, c.first_seen), now
+                )
+            self._stop.wait(1.0)
+
+    def _accept_flush(self, source: str, flush: Flush) -> None:
+        files: dict[str, Coalesced] = {}
+        rescans: list[Coalesced] = []
+        for c in flush.changes:
+            if c.last_kind is ChangeKind.RESCAN:
+                rescans.append(c)
+            else:
+                files[c.path] = c
+        scanner = self._scanners.get(source)
+        index_updates: list[tuple[str, str, FileStat | None]] = []
+        keep: list[str]
+        if scanner is not None:
+            for r in rescans:
+                self._rescan_into(source, scanner, r, files)
+            known = self._journal.index_get(source, files)
+            keep = []
+            for path in files:
+                st = scanner.stat(path)
+                if st is None and path not in known:
+                    # Created and gone again inside one window (rsync temp files, vim's 4913
+                    # probe): CloudFront never saw it and the index never knew it.
+                    continue
+                index_updates.append((source, path, st))
+                keep.append(path)
+        else:
+            keep = list(files)
+
+        urls: list[Accepted] = []
+        for path in keep:
+            mapped = self._mapper.map(source, path)
+            for url, reason in mapped.rejected:
+                log.warning("path_not_sendable", source=source, path=path, url=url, reason=reason)
+            if mapped.rule is None:
+                log.debug("change_unmatched", source=source, path=path)
+            first_seen = files[path].first_seen
+            for distribution, dist_urls in mapped.urls.items():
+                for url in dist_urls:
+                    urls.append(Accepted(distribution, url, first_seen, f"{source}:{path}"))
+
+        self._journal.accept(urls, index_updates, {f"changes_accepted:{source}": len(keep)})
+        receipts = [*self._held_receipts.pop(source, []), *flush.receipts]
+        if receipts:
+            self._sources[source].acknowledge(receipts)
+        for distribution, n in Counter(u.distribution for u in urls).items():
+            self._metrics.accepted.labels(distribution).inc(n)
+        self.accepted_paths += len(urls)
+        log.info(
+            "changes_accepted",
+            source=source,
+            changes=len(keep),
+            dropped=len(files) - len(keep),
+            urls=len(urls),
+        )
+        if urls:
+            self._on_accepted()
+
+    def _rescan_into(
+        self, source: str, scanner: TreeScanner, rescan: Coalesced, files: dict[str, Coalesced]
+    ) -> None:
+        started = time.monotonic()
+        index = self._journal.index_under(source, rescan.path)
+        found = catchup.diff(source, scanner.scan(rescan.path), index, self._clock())
+        for change in found:
+            if change.path not in files:
+                files[change.path] = Coalesced(
+                    source, change.path, frozenset({change.kind}), change.kind, rescan.first_seen
+                )
+        self._metrics.rescans.labels(source, "subtree" if rescan.path else "tree").inc()
+        log.info(
+            "rescan_done",
+            source=source,
+            prefix=rescan.path,
+            indexed=len(index),
+            changes=len(found),
+            seconds=round(time.monotonic() - started, 3),
+        )

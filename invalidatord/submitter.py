@@ -1,0 +1,334 @@
+"""The submitter: pending paths in the journal -> planner -> CloudFront, and tracking to Completed.
+
+Per distribution it never exceeds CloudFront's in-flight limits less the headroom (counting our
+own InProgress invalidations from the journal and other people's from ListInvalidations), and it
+handles every answer CloudFront can give without losing work:
+
+- TooManyInvalidationsInProgress: the batch stays planned; if some of ours are in flight, wait
+  for one to complete (the status poll wakes us), else back off (seconds growing to minutes).
+- Throttling, 5xx, timeouts, connection errors: exponential backoff with jitter, capped; the
+  batch keeps its CallerReference, so a retry whose first attempt did reach CloudFront returns
+  the existing invalidation instead of creating a second one.
+- InvalidArgument: bisect the batch until the offending path is alone, set it aside with a log
+  line naming the file it came from, send the rest.
+- A reused CallerReference with other paths: the batch gets a fresh reference.
+- AccessDenied, NoSuchDistribution, bad credentials: a clear error, health degraded, the work
+  stays pending, retried after `max_backoff` (never a busy loop).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import structlog
+
+from invalidatord.contracts import CloudFront
+from invalidatord.errors import (
+    AccessProblem,
+    CallerReferenceConflict,
+    InvalidatordError,
+    InvalidPaths,
+    SinkError,
+    TooManyInProgress,
+)
+from invalidatord.journal import PLANNED, SUBMITTED, BatchRecord, Journal
+from invalidatord.metrics import Metrics
+from invalidatord.model import InFlight, is_wildcard
+from invalidatord.planner import Limits, covers, plan
+
+log = structlog.get_logger(__name__)
+
+_FIRST_BACKOFF = 1.0
+
+
+@dataclass
+class DistributionState:
+    """What the submitter knows of one distribution beyond the journal."""
+
+    name: str
+    id: str
+    not_before: float = 0.0
+    failures: int = 0
+    problem: str | None = None  # set while an operator must act (access, credentials)
+    unreachable: str | None = None  # set while CloudFront cannot be reached
+    external: InFlight = InFlight()  # other people's invalidations in progress
+
+
+class Submitter:
+    def __init__(
+        self,
+        *,
+        journal: Journal,
+        cloudfront: CloudFront,
+        distributions: Mapping[str, str],
+        limits: Limits,
+        metrics: Metrics,
+        max_backoff: float = 300.0,
+        completion_wait: float = 30.0,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._journal = journal
+        self._cf = cloudfront
+        self._limits = limits
+        self._metrics = metrics
+        self._max_backoff = max_backoff
+        self._completion_wait = completion_wait
+        self._clock = clock
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self.states = {name: DistributionState(name, did) for name, did in distributions.items()}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # one cycle at a time (thread, shutdown drain, CLI)
+        self.attempts = 0
+
+    # ---- running -----------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="submitter", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(timeout=self._idle_wait())
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self.cycle()
+            except Exception:  # keep submitting; the work is in the journal
+                log.exception("submitter_error")
+                self._stop.wait(1.0)
+
+    def _idle_wait(self) -> float:
+        now = self._clock()
+        waits = [s.not_before - now for s in self.states.values() if s.not_before > now]
+        return max(0.05, min([1.0, *waits]))
+
+    def drain(self, deadline: float) -> bool:
+        """Submit until nothing is pending or planned, or `deadline` (monotonic) passes.
+        Returns True when everything was submitted."""
+        while time.monotonic() < deadline:
+            self.cycle(ignore_backoff=False)
+            if not self._journal.pending_count() and not self._journal.batches(PLANNED):
+                return True
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        return False
+
+    # ---- one pass ----------------------------------------------------------------------------
+
+    def cycle(self, ignore_backoff: bool = False) -> None:
+        with self._lock:
+            for state in self.states.values():
+                if not ignore_backoff and self._clock() < state.not_before:
+                    continue
+                self._cycle_distribution(state)
+
+    def _cycle_distribution(self, state: DistributionState) -> None:
+        for record in self._journal.batches(PLANNED, state.name):
+            if not self._submit(record, state):
+                return
+        while True:
+            in_flight = self._journal.in_flight(state.name) + state.external
+            room = self._limits.capacity(in_flight)
+            if room.files <= 0 and room.wildcards <= 0:
+                return
+            pending = self._journal.pending_paths(state.name, room.files + room.wildcards)
+            if not pending:
+                return
+            batches = plan(state.name, pending, in_flight, self._limits)
+            if not batches:
+                return
+            for batch in batches:
+                wildcards = [p for p in batch.paths if is_wildcard(p)]
+                chosen = set(batch.paths)
+                consumed = [
+                    p for p in pending if p in chosen or any(covers(w, p) for w in wildcards)
+                ]
+                record = self._journal.create_batch(state.name, batch.paths, consumed)
+                if not self._submit(record, state):
+                    return
+
+    def _submit(self, record: BatchRecord, state: DistributionState) -> bool:
+        """Send one planned batch. True = go on with the next; False = stop this distribution
+        for now (backing off or waiting for completions)."""
+        self.attempts += 1
+        try:
+            invalidation = self._cf.create_invalidation(
+                state.id, record.paths, record.caller_reference
+            )
+        except SinkError as exc:
+            self._metrics.api_errors.labels(state.name, exc.code).inc()
+            return self._failed(record, state, exc)
+        self._journal.mark_submitted(record.id, invalidation.id, invalidation.completed)
+        now = self._clock()
+        state.failures = 0
+        state.problem = state.unreachable = None
+        flight = record.in_flight
+        self._metrics.submitted.labels(state.name).inc()
+        self._metrics.paths_submitted.labels(state.name, "file").inc(flight.files)
+        self._metrics.paths_submitted.labels(state.name, "wildcard").inc(flight.wildcards)
+        self._metrics.to_submit.labels(state.name).observe(max(0.0, now - record.first_seen))
+        self._metrics.last_success.labels(state.name).set(now)
+        log.info(
+            "batch_submitted",
+            distribution=state.name,
+            distribution_id=state.id,
+            invalidation_id=invalidation.id,
+            status=invalidation.status,
+            paths=len(record.paths),
+            files=flight.files,
+            wildcards=flight.wildcards,
+            caller_reference=record.caller_reference,
+            latency=round(now - record.first_seen, 3),
+            sample=list(record.paths[:5]),
+        )
+        return True
+
+    def _failed(self, record: BatchRecord, state: DistributionState, exc: SinkError) -> bool:
+        self._journal.record_failure(record.id, f"{exc.code}: {exc.message}")
+        if isinstance(exc, InvalidPaths):
+            if len(record.paths) == 1:
+                self._journal.reject(record.id, f"{exc.code}: {exc.message}")
+                self._metrics.rejected.labels(state.name).inc()
+                log.error(
+                    "path_rejected",
+                    distribution=state.name,
+                    path=record.paths[0],
+                    origin=record.origins.get(record.paths[0], ""),
+                    error=exc.message,
+                )
+            else:
+                first, second = self._journal.split(record.id)
+                log.warning(
+                    "batch_bisected",
+                    distribution=state.name,
+                    paths=len(record.paths),
+                    halves=[len(first.paths), len(second.paths)],
+                    error=exc.message,
+                )
+            return True
+        if isinstance(exc, CallerReferenceConflict):
+            fresh = self._journal.rereference(record.id)
+            log.warning(
+                "caller_reference_reused",
+                distribution=state.name,
+                old=record.caller_reference,
+                new=fresh.caller_reference,
+            )
+            return self._submit(fresh, state)
+        if isinstance(exc, TooManyInProgress):
+            ours = self._journal.in_flight(state.name)
+            if ours.files or ours.wildcards:
+                # Resubmit as soon as one of ours completes: the status poll wakes us.
+                state.not_before = self._clock() + self._completion_wait
+                log.info("too_many_in_progress", distribution=state.name, waiting="completion")
+            else:
+                delay = self._backoff(state)
+                log.info("too_many_in_progress", distribution=state.name, retry_in=delay)
+            return False
+        if isinstance(exc, AccessProblem):
+            state.problem = str(exc)
+            state.not_before = self._clock() + self._max_backoff
+            log.error(
+                "cloudfront_access_problem",
+                distribution=state.name,
+                code=exc.code,
+                error=exc.message,
+                retry_in=self._max_backoff,
+                pending_kept=True,
+            )
+            return False
+        delay = self._backoff(state)
+        if exc.retryable:
+            state.unreachable = f"{exc.code}: {exc.message}"
+        log.warning(
+            "cloudfront_error",
+            distribution=state.name,
+            code=exc.code,
+            error=exc.message,
+            retryable=exc.retryable,
+            retry_in=round(delay, 2),
+        )
+        return False
+
+    def _backoff(self, state: DistributionState) -> float:
+        state.failures += 1
+        ceiling = min(self._max_backoff, _FIRST_BACKOFF * 2 ** min(state.failures - 1, 20))
+        delay = self._rng.uniform(ceiling / 2, ceiling)
+        state.not_before = self._clock() + delay
+        return delay
+
+    # ---- tracking ----------------------------------------------------------------------------
+
+    def poll_status(self) -> None:
+        """Ask CloudFront about each of our InProgress invalidations (a scheduled job)."""
+        completed = 0
+        for record in self._journal.batches(SUBMITTED):
+            state = self.states.get(record.distribution)
+            if state is None or record.invalidation_id is None:
+                continue
+            try:
+                invalidation = self._cf.get_invalidation(state.id, record.invalidation_id)
+            except InvalidatordError as exc:
+                log.warning("status_poll_failed", distribution=state.name, error=str(exc))
+                continue
+            if invalidation.completed:
+                self._journal.mark_completed(record.id)
+                completed += 1
+                took = self._clock() - (record.submitted or self._clock())
+                self._metrics.to_complete.labels(state.name).observe(max(0.0, took))
+                log.info(
+                    "invalidation_completed",
+                    distribution=state.name,
+                    invalidation_id=record.invalidation_id,
+                    seconds=round(took, 1),
+                )
+                state.not_before = min(state.not_before, self._clock())
+        if completed:
+            self.wake()
+
+    def reconcile(self) -> None:
+        """Learn what else is in flight on each distribution (people, other tools)."""
+        for state in self.states.values():
+            try:
+                in_progress = self._cf.list_in_progress(state.id)
+            except InvalidatordError as exc:
+                log.warning("reconcile_failed", distribution=state.name, error=str(exc))
+                continue
+            ours = self._journal.known_invalidation_ids(state.name)
+            files = wildcards = 0
+            for invalidation in in_progress:
+                if invalidation.id in ours:
+                    continue
+                wild = sum(1 for p in invalidation.paths if is_wildcard(p))
+                wildcards += wild
+                files += len(invalidation.paths) - wild
+            state.external = InFlight(files, wildcards)
+            if files or wildcards:
+                log.info(
+                    "external_in_flight", distribution=state.name, files=files, wildcards=wildcards
+                )
+
+    def problems(self) -> dict[str, str]:
+        """distribution -> why it is not healthy."""
+        out: dict[str, str] = {}
+        for state in self.states.values():
+            reason = state.problem or (state.unreachable if state.failures >= 3 else None)
+            if reason:
+                out[state.name] = reason
+        return out

@@ -1,0 +1,261 @@
+"""The submitter against the CloudFront emulator over HTTP, driven one cycle at a time with a fake
+clock: limits, faults, idempotent resubmission, bisecting, tracking to Completed."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import boto3
+import pytest
+import structlog
+
+from invalidatord.cloudfront import Boto3CloudFront, make_session
+from invalidatord.emulator import CloudFrontEmulator
+from invalidatord.journal import COMPLETED, PLANNED, REJECTED, SUBMITTED, Accepted, Journal
+from invalidatord.metrics import Metrics
+from invalidatord.planner import Limits
+from invalidatord.submitter import Submitter
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Journal:
+    return Journal(tmp_path / "journal.sqlite")
+
+
+@pytest.fixture
+def make_submitter(
+    journal: Journal, cloudfront: CloudFrontEmulator, clock: FakeClock
+) -> Callable[..., Submitter]:
+    def make(**kwargs: object) -> Submitter:
+        cf = Boto3CloudFront(make_session("us-east-1", None, None), endpoint_url=cloudfront.endpoint_url)
+        return Submitter(
+            journal=journal,
+            cloudfront=cf,
+            distributions={"www": cloudfront.distribution_id},
+            limits=kwargs.pop("limits", Limits()),  # type: ignore[arg-type]
+            metrics=Metrics(),
+            max_backoff=60.0,
+            completion_wait=5.0,
+            clock=clock,
+            rng=random.Random(1),
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    return make
+
+
+def queue(journal: Journal, paths: list[str]) -> None:
+    journal.accept(Accepted("www", p, 1.0, f"docroot:{p[1:]}") for p in paths)
+
+
+def creates(cloudfront: CloudFrontEmulator) -> list[object]:
+    return [r for r in cloudfront.requests if r.op == "CreateInvalidation"]
+
+
+def test_pending_paths_are_submitted_and_tracked_to_completed(
+    journal: Journal, cloudfront: CloudFrontEmulator, make_submitter: Callable[..., Submitter]
+) -> None:
+    """One batch, then InProgress -> Completed through the status poll."""
+    cloudfront.hold(True)
+    queue(journal, ["/a.html", "/b.html"])
+    sub = make_submitter()
+    sub.cycle()
+    assert sorted(cloudfront.created_paths(cloudfront.distribution_id)) == ["/a.html", "/b.html"]
+    [record] = journal.batches(SUBMITTED)
+    sub.poll_status()
+    assert journal.batch(record.id).state == SUBMITTED
+    cloudfront.complete_all()
+    sub.poll_status()
+    assert journal.batch(record.id).state == COMPLETED
+    assert journal.pending_count() == 0
+
+
+def test_in_flight_limit_less_headroom_is_never_exceeded(
+    journal: Journal, cloudfront: CloudFrontEmulator, make_submitter: Callable[..., Submitter]
+) -> None:
+    """4,000 pending file paths: 2,900 go now (3,000 less 100 headroom), the rest after completion."""
+    cloudfront.hold(True)
+    paths = [f"/f{i}.html" for i in range(4000)]
+    queue(journal, paths)
+    sub = make_submitter()
+    sub.cycle()
+    sub.cycle()
+    assert cloudfront.in_flight(cloudfront.distribution_id).files == 2900
+    assert journal.pending_count() == 1100
+    cloudfront.complete_all()
+    sub.poll_status()
+    sub.cycle()
+    assert sorted(cloudfront.created_paths(cloudfront.distribution_id)) == sorted(paths)
+    assert cloudfront.max_in_flight_seen[cloudfront.distribution_id].files <= 2900
+    assert all(r.status == 201 for r in creates(cloudfront))
+
+
+def test_other_peoples_invalidations_count_against_the_limit(
+    journal: Journal, cloudfront: CloudFrontEmulator, make_submitter: Callable[..., Submitter]
+) -> None:
+    """2,000 paths someone else has in flight leave room for only 900 of ours."""
+    cloudfront.hold(True)
+    client = boto3.client("cloudfront", endpoint_url=cloudfront.endpoint_url)
+    client.create_invalidation(
+        DistributionId=cloudfront.distribution_id,
+        InvalidationBatch={
+            "Paths": {"Quantity": 2000, "Items": [f"/human{i}" for i in range(2000)]},
+            "CallerReference": "by-hand",
+        },
+    )
+    queue(journal, [f"/f{i}" for i in range(1500)])
+    sub = make_submitter()
+    sub.reconcile()
+    sub.cycle()
+    assert cloudfront.in_flight(cloudfront.distribution_id).files == 2900
+    assert journal.pending_count() == 600
+
+
+def test_too_many_in_progress_keeps_the_batch_and_resubmits_it_unchanged(
+    journal: Journal,
+    cloudfront: CloudFrontEmulator,
+    make_submitter: Callable[..., Submitter],
+    clock: FakeClock,
+) -> None:
+    """TooMany: the batch stays planned, backs off, and is resubmitted with the same reference."""
+    cloudfront.inject("TooManyInvalidationsInProgress", times=2)
+    queue(journal, ["/a"])
+    sub = make_submitter()
+    sub.cycle()
+    [planned] = journal.batches(PLANNED)
+    sub.cycle()  # still backing off: no new request
+    assert len(creates(cloudfront)) == 1
+    for _ in range(2):
+        clock.now += 120
+        sub.cycle()
+    assert journal.batch(planned.id).state in (SUBMITTED, COMPLETED)
+    refs = {r.caller_reference for r in creates(cloudfront)}
+    assert refs == {planned.caller_reference}
+    assert len(cloudfront.invalidations(cloudfront.distribution_id)) == 1
+
+
+def test_a_lost_response_is_resubmitted_without_a_second_invalidation(
+    journal: Journal,
+    cloudfront: CloudFrontEmulator,
+    make_submitter: Callable[..., Submitter],
+    clock: FakeClock,
+) -> None:
+    """CloudFront created it but the answer was lost (503 after the fact): the retry with the
+    same CallerReference gets the existing invalidation back; nothing is billed twice."""
+    cloudfront.inject("ServiceUnavailable", after=True, times=1)
+    queue(journal, ["/a", "/b"])
+    sub = make_submitter()
+    sub.cycle()
+    clock.now += 120
+    sub.cycle()
+    assert len(cloudfront.invalidations(cloudfront.distribution_id)) == 1
+    [record] = journal.recent(1)
+    assert record.state in (SUBMITTED, COMPLETED)
+    assert record.invalidation_id == cloudfront.invalidations(cloudfront.distribution_id)[0].id
+
+
+def test_invalid_path_is_bisected_out_and_the_rest_sent(
+    journal: Journal, cloudfront: CloudFrontEmulator, make_submitter: Callable[..., Submitter]
+) -> None:
+    """InvalidArgument on one path of 500: 499 reach CloudFront, the one is set aside and logged
+    with the file it came from."""
+    paths = [f"/p{i:03}.html" for i in range(500)]
+    bad = paths[321]
+    cloudfront.reject_path(bad)
+    queue(journal, paths)
+    sub = make_submitter()
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(30):
+            sub.cycle()
+            if not journal.batches(PLANNED):
+                break
+    assert sorted(cloudfront.created_paths(cloudfront.distribution_id)) == sorted(
+        set(paths) - {bad}
+    )
+    [rejected] = journal.batches(REJECTED)
+    assert rejected.paths == (bad,)
+    [line] = [e for e in logs if e["event"] == "path_rejected"]
+    assert line["path"] == bad
+    assert line["origin"] == f"docroot:{bad[1:]}"
+    assert sub.attempts <= 2 * 10 + 2  # about two requests per halving level
+
+
+def test_caller_reference_used_for_other_paths_gets_a_fresh_one(
+    journal: Journal, cloudfront: CloudFrontEmulator, make_submitter: Callable[..., Submitter]
+) -> None:
+    """InvalidationBatchAlreadyExists: the batch is resubmitted under a new reference."""
+    queue(journal, ["/x"])
+    ref = journal.caller_reference(1, "www", ["/x"])
+    client = boto3.client("cloudfront", endpoint_url=cloudfront.endpoint_url)
+    client.create_invalidation(
+        DistributionId=cloudfront.distribution_id,
+        InvalidationBatch={"Paths": {"Quantity": 1, "Items": ["/other"]}, "CallerReference": ref},
+    )
+    sub = make_submitter()
+    sub.cycle()
+    [record] = journal.recent(1)
+    assert record.state in (SUBMITTED, COMPLETED)
+    assert record.caller_reference != ref
+    assert "/x" in cloudfront.created_paths(cloudfront.distribution_id)
+
+
+def test_access_denied_keeps_work_and_does_not_spin(
+    journal: Journal,
+    cloudfront: CloudFrontEmulator,
+    make_submitter: Callable[..., Submitter],
+    clock: FakeClock,
+) -> None:
+    """AccessDenied: health names the distribution, the path stays journaled, retries wait
+    max_backoff instead of looping."""
+    cloudfront.inject("AccessDenied")
+    queue(journal, ["/a"])
+    sub = make_submitter()
+    for _ in range(50):
+        sub.cycle()
+    assert len(creates(cloudfront)) == 1
+    assert "www" in sub.problems()
+    assert "cloudfront:CreateInvalidation" in sub.problems()["www"]
+    assert journal.batches(PLANNED)
+    cloudfront.clear_faults()
+    clock.now += 61
+    sub.cycle()
+    assert sub.problems() == {}
+    assert cloudfront.created_paths(cloudfront.distribution_id) == ["/a"]
+
+
+def test_throttling_and_503_storm_loses_nothing_with_bounded_attempts(
+    journal: Journal,
+    cloudfront: CloudFrontEmulator,
+    make_submitter: Callable[..., Submitter],
+    clock: FakeClock,
+) -> None:
+    """50% Throttling and 20% 503: every path arrives; each batch takes a bounded number of tries."""
+    cloudfront.inject("Throttling", rate=0.5, seed=7)
+    cloudfront.inject("ServiceUnavailable", rate=0.2, seed=8)
+    paths = [f"/d{i // 100}/f{i}.html" for i in range(1000)]
+    queue(journal, paths)
+    sub = make_submitter(limits=Limits(max_paths_per_batch=100))
+    for _ in range(200):
+        sub.cycle()
+        sub.poll_status()
+        if not journal.pending_count() and not journal.batches(PLANNED):
+            break
+        clock.now += 61
+    assert sorted(set(cloudfront.created_paths(cloudfront.distribution_id))) == sorted(paths)
+    assert len(cloudfront.invalidations(cloudfront.distribution_id)) == 10
+    assert len(creates(cloudfront)) < 10 * 12
