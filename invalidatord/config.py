@@ -717,7 +717,11 @@ def _load(text: str, filename: str, base_dir: Path | None, source_path: Path | N
         errors = exc.errors(include_url=False)
         for error in errors:
             path, message = _translate(error, data)
-            problems.append((_line_of(path, lines), _join(path, message)))
+            if error["type"] == "invalid_key":  # the line of the key itself, below `path`
+                line = _line_of((*path, error["loc"][-1]), lines)
+            else:
+                line = _line_of(path, lines)
+            problems.append((line, _join(path, message)))
         if not any(error["type"] == _ERR_REFERENCE for error in errors):
             # Config's own cross-check runs only when every field is valid: run it on the raw
             # data so these problems are reported together with the others.
