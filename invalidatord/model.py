@@ -52,7 +52,7 @@ class FileStat:
 
 
 def is_wildcard(url_path: str) -> bool:
-    """CloudFront counts a path ending in `*` against the wildcard limit, anything else as a file."""
+    """CloudFront counts a path ending in `*` as a wildcard, anything else as a file."""
     return url_path.endswith("*")
 
 

@@ -167,17 +167,21 @@ class Pipeline:
     def _accept(self, source: str, flush: Flush) -> None:
         try:
             self._accept_flush(source, flush)
-        except InvalidatordError as exc:
+        except Exception as exc:
             # Nothing is lost: the receipts are not acknowledged (SQS redelivers) and the
             # catch-up index was not updated (the next scan finds the files again). Put the
             # changes back so this process retries after the next quiet window.
-            log.error("accept_failed", source=source, error=str(exc), changes=len(flush.changes))
+            log.error(
+                "accept_failed",
+                source=source,
+                error=f"{type(exc).__name__}: {exc}",
+                changes=len(flush.changes),
+                exc_info=not isinstance(exc, InvalidatordError),
+            )
             self._held_receipts.setdefault(source, []).extend(flush.receipts)
             now = self._monotonic()
             for c in flush.changes:
-                self._debouncers[source].add(
-                    Change(source, c.path, c.last_kind, c.first_seen), now
-                )
+                self._debouncers[source].add(Change(source, c.path, c.last_kind, c.first_seen), now)
             self._stop.wait(1.0)
 
     def _accept_flush(self, source: str, flush: Flush) -> None:
@@ -215,9 +219,12 @@ class Pipeline:
             if mapped.rule is None:
                 log.debug("change_unmatched", source=source, path=path)
             first_seen = files[path].first_seen
+            # a non-UTF-8 name carries surrogate escapes, which SQLite text cannot hold
+            readable = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            origin = f"{source}:{readable}"
             for distribution, dist_urls in mapped.urls.items():
                 for url in dist_urls:
-                    urls.append(Accepted(distribution, url, first_seen, f"{source}:{path}"))
+                    urls.append(Accepted(distribution, url, first_seen, origin))
 
         self._journal.accept(urls, index_updates, {f"changes_accepted:{source}": len(keep)})
         receipts = [*self._held_receipts.pop(source, []), *flush.receipts]

@@ -22,7 +22,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -55,7 +55,7 @@ class DistributionState:
     failures: int = 0
     problem: str | None = None  # set while an operator must act (access, credentials)
     unreachable: str | None = None  # set while CloudFront cannot be reached
-    external: InFlight = InFlight()  # other people's invalidations in progress
+    external: InFlight = field(default_factory=InFlight)  # others' invalidations in progress
 
 
 class Submitter:

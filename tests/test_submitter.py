@@ -42,7 +42,11 @@ def make_submitter(
     journal: Journal, cloudfront: CloudFrontEmulator, clock: FakeClock
 ) -> Callable[..., Submitter]:
     def make(**kwargs: object) -> Submitter:
-        cf = Boto3CloudFront(make_session("us-east-1", None, None), endpoint_url=cloudfront.endpoint_url)
+        cf = Boto3CloudFront(
+            make_session("us-east-1", None, None),
+            endpoint_url=cloudfront.endpoint_url,
+            max_attempts=1,  # retries are the submitter's own, on the fake clock
+        )
         return Submitter(
             journal=journal,
             cloudfront=cf,
@@ -88,7 +92,7 @@ def test_pending_paths_are_submitted_and_tracked_to_completed(
 def test_in_flight_limit_less_headroom_is_never_exceeded(
     journal: Journal, cloudfront: CloudFrontEmulator, make_submitter: Callable[..., Submitter]
 ) -> None:
-    """4,000 pending file paths: 2,900 go now (3,000 less 100 headroom), the rest after completion."""
+    """4,000 pending file paths: 2,900 go now (3,000 less 100 headroom), the rest later."""
     cloudfront.hold(True)
     paths = [f"/f{i}.html" for i in range(4000)]
     queue(journal, paths)
@@ -244,7 +248,7 @@ def test_throttling_and_503_storm_loses_nothing_with_bounded_attempts(
     make_submitter: Callable[..., Submitter],
     clock: FakeClock,
 ) -> None:
-    """50% Throttling and 20% 503: every path arrives; each batch takes a bounded number of tries."""
+    """50% Throttling and 20% 503: every path arrives, each batch in a bounded number of tries."""
     cloudfront.inject("Throttling", rate=0.5, seed=7)
     cloudfront.inject("ServiceUnavailable", rate=0.2, seed=8)
     paths = [f"/d{i // 100}/f{i}.html" for i in range(1000)]

@@ -1,0 +1,312 @@
+"""The command line. The only place that turns exceptions into exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from invalidatord import __version__, logs
+from invalidatord.config import Config, config_warnings, default_config_path, load_config
+from invalidatord.errors import ConfigError, InvalidatordError
+from invalidatord.journal import COMPLETED, PLANNED, SUBMITTED, Accepted
+from invalidatord.mapping import encode_path, normalise
+from invalidatord.metrics import FREE_PATHS_PER_MONTH, PRICE_PER_PATH
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # runtime failures
+EXIT_USAGE = 2  # usage and config errors
+
+log = structlog.get_logger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="invalidatord",
+        description="Keeps Amazon CloudFront caches fresh when the origin changes.",
+    )
+    parser.add_argument("--version", action="version", version=f"invalidatord {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument(
+            "-c",
+            "--config",
+            default=None,
+            help=f"config file (default: $INVALIDATORD_CONFIG or {default_config_path()})",
+        )
+        return p
+
+    run = with_config(sub.add_parser("run", help="run the daemon until SIGTERM/SIGINT"))
+    run.add_argument(
+        "--dry-run", action="store_true", help="log what would be submitted, send nothing"
+    )
+    with_config(sub.add_parser("check", help="validate the config and print a summary"))
+    mp = with_config(sub.add_parser("map", help="print the URL paths each path maps to"))
+    mp.add_argument("--source", help="the source the paths belong to (default: the first)")
+    mp.add_argument("paths", nargs="+", metavar="PATH")
+    inv = with_config(sub.add_parser("invalidate", help="queue manual invalidations"))
+    inv.add_argument("-d", "--distribution", help="distribution name (default: every one)")
+    inv.add_argument(
+        "--wait", action="store_true", help="show progress until every one is Completed"
+    )
+    inv.add_argument(
+        "--raw", action="store_true", help="send the URL paths exactly as given (already encoded)"
+    )
+    inv.add_argument("urls", nargs="+", metavar="URL")
+    with_config(sub.add_parser("status", help="pending, in-flight and recent invalidations"))
+    demo = sub.add_parser(
+        "demo", help="run the daemon on an embedded CloudFront emulator and an example site"
+    )
+    demo.add_argument("--dir", help="where to create the example site (default: a temp folder)")
+    demo.add_argument(
+        "--no-touch", action="store_true", help="do not edit a page by itself once ready"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"invalidatord: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except InvalidatordError as exc:
+        print(f"invalidatord: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+class UsageError(InvalidatordError):
+    """A command-line mistake (exit 2)."""
+
+
+def _config_path(args: argparse.Namespace) -> str:
+    return str(args.config or default_config_path())
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    command = args.command
+    if command == "demo":
+        from invalidatord.demo import run_demo
+
+        return run_demo(directory=args.dir, touch=not args.no_touch)
+    path = _config_path(args)
+    cfg = load_config(path)
+    if command == "check":
+        return _check(cfg, path)
+    if command == "map":
+        return _map(cfg, args.source, args.paths)
+    logs.configure(cfg.log.format, cfg.log.level)
+    if command == "run":
+        from invalidatord import daemon
+
+        return daemon.run(cfg, dry_run=args.dry_run, reload=lambda: load_config(path))
+    if command == "invalidate":
+        return _invalidate(cfg, args.distribution, args.urls, raw=args.raw, wait=args.wait)
+    if command == "status":
+        return _status(cfg)
+    raise UsageError(f"unknown command {command!r}")
+
+
+def _check(cfg: Config, path: str) -> int:
+    print(f"{path}: valid")
+    print(f"  state_dir: {cfg.state_dir}")
+    for name, dist in cfg.distributions.items():
+        print(f"  distribution {name}: {dist.id}")
+    for s in cfg.sources:
+        where = getattr(s, "root", None) or getattr(s, "queue_url", "")
+        print(f"  source {s.name} ({s.type}): {where}")
+    for i, rule in enumerate(cfg.rules):
+        targets = ", ".join(cfg.rule_distributions(i))
+        urls = ", ".join(rule.urls) if rule.urls else "(ignored)"
+        scope = f" [source {rule.source}]" if rule.source else ""
+        print(f"  rule {i}: {rule.match}{scope} -> {urls} on {targets}")
+    print(f"  debounce: quiet {cfg.debounce.quiet:g}s, max delay {cfg.debounce.max_delay:g}s")
+    for warning in config_warnings(cfg):
+        print(f"warning: {warning}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _map(cfg: Config, source: str | None, paths: Sequence[str]) -> int:
+    from invalidatord.daemon import mapper_for
+
+    names = [s.name for s in cfg.sources]
+    source = source or names[0]
+    if source not in names:
+        raise UsageError(f"unknown source {source!r} (known: {', '.join(names)})")
+    scfg = next(s for s in cfg.sources if s.name == source)
+    root = getattr(scfg, "root", None)
+    mapper = mapper_for(cfg)
+    for raw in paths:
+        rel = raw
+        if root is not None and os.path.isabs(raw):
+            try:
+                rel = Path(raw).resolve().relative_to(Path(root).resolve()).as_posix()
+            except ValueError as exc:
+                raise UsageError(f"{raw} is not under the source root {root}") from exc
+        rel = rel.lstrip("/")
+        mapped = mapper.map(source, rel)
+        if mapped.rule is None:
+            print(f"# {rel}: no rule matches", file=sys.stderr)
+        elif not mapped.urls:
+            print(
+                f"# {rel}: matched rule {mapped.rule}, which invalidates nothing", file=sys.stderr
+            )
+        for dist, urls in mapped.urls.items():
+            for url in urls:
+                print(f"{dist} {url}")
+        for url, reason in mapped.rejected:
+            print(f"# {rel}: not sendable: {url[:80]}... ({reason})", file=sys.stderr)
+    return EXIT_OK
+
+
+def _invalidate(
+    cfg: Config, distribution: str | None, urls: Sequence[str], *, raw: bool, wait: bool
+) -> int:
+    from invalidatord.daemon import StateLock, cloudfront_for, limits_for, open_journal
+    from invalidatord.metrics import Metrics
+    from invalidatord.submitter import Submitter
+
+    names = list(cfg.distributions)
+    if distribution is not None and distribution not in names:
+        raise UsageError(f"unknown distribution {distribution!r} (known: {', '.join(names)})")
+    targets = [distribution] if distribution else names
+    paths: list[str] = []
+    for url in urls:
+        if not url.startswith("/"):
+            raise UsageError(f"{url!r}: a URL path starts with '/' (e.g. /index.html or /img/*)")
+        if raw:
+            paths.append(url)
+        else:
+            star = url.endswith("*")
+            body = encode_path(normalise(url[:-1] if star else url))
+            paths.append(body + ("*" if star else ""))
+    journal = open_journal(cfg)
+    now = time.time()
+    journal.accept(Accepted(d, p, now, "manual") for d in targets for p in paths)
+    print(f"queued {len(paths)} path(s) on {', '.join(targets)}")
+    lock = StateLock(Path(cfg.state_dir))
+    own = lock.acquire()  # no daemon running: submit them ourselves
+    submitter = None
+    try:
+        if own:
+            submitter = Submitter(
+                journal=journal,
+                cloudfront=cloudfront_for(cfg),
+                distributions={n: cfg.distributions[n].id for n in targets},
+                limits=limits_for(cfg),
+                metrics=Metrics(),
+                max_backoff=cfg.invalidation.max_backoff,
+            )
+            submitter.reconcile()
+            if not submitter.drain(time.monotonic() + max(60.0, cfg.shutdown_timeout)):
+                print("some paths are still pending; a running daemon will submit them")
+        else:
+            print("a running daemon will submit them")
+        if wait:
+            return _wait(journal, targets, set(paths), submitter, cfg.invalidation.poll_interval)
+        for record in journal.recent(5):
+            if record.distribution in targets and set(paths) & set(record.paths):
+                print(f"{record.distribution} {record.invalidation_id or '-'} {record.state}")
+        return EXIT_OK
+    finally:
+        if own:
+            lock.release()
+        journal.close()
+
+
+def _wait(journal, targets, paths, submitter, poll_interval) -> int:  # type: ignore[no-untyped-def]
+    """Show progress until every batch holding one of `paths` is Completed."""
+    interval = max(1.0, min(poll_interval, 10.0))
+    last = ""
+    while True:
+        records = [
+            r for r in journal.recent(200) if r.distribution in targets and paths & set(r.paths)
+        ]
+        pending = journal.pending_summary()
+        waiting = sum(pending.get(t, (0, 0.0))[0] for t in targets)
+        states = [r.state for r in records]
+        line = (
+            f"pending {waiting}, planned {states.count(PLANNED)}, "
+            f"in progress {states.count(SUBMITTED)}, completed {states.count(COMPLETED)}"
+        )
+        if line != last:
+            print(line, flush=True)
+            last = line
+        if records and not waiting and all(s == COMPLETED for s in states):
+            for r in records:
+                print(f"{r.distribution} {r.invalidation_id} Completed")
+            return EXIT_OK
+        if submitter is not None:
+            submitter.cycle()
+            submitter.poll_status()
+        time.sleep(interval)
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h"
+
+
+def _status(cfg: Config) -> int:
+    from invalidatord.daemon import StateLock, open_journal
+
+    journal = open_journal(cfg)
+    try:
+        now = time.time()
+        lock = StateLock(Path(cfg.state_dir))
+        running = not lock.acquire()
+        if not running:
+            lock.release()
+        print(f"daemon: {'running' if running else 'not running'} (state_dir {cfg.state_dir})")
+        summary = journal.pending_summary()
+        print("\ndistribution   id                 pending  oldest  in flight (files/wildcards)")
+        for name, dist in cfg.distributions.items():
+            count, oldest = summary.get(name, (0, now))
+            flight = journal.in_flight(name)
+            print(
+                f"{name:<14} {dist.id:<18} {count:>7}  {_age(now - oldest) if count else '-':>6}"
+                f"  {flight.files}/{flight.wildcards}"
+            )
+        recent = journal.recent(20)
+        print("\nrecent invalidations")
+        if not recent:
+            print("  (none yet)")
+        for r in recent:
+            age = _age(now - (r.submitted or r.created))
+            took = f" in {_age(r.completed - r.submitted)}" if r.completed and r.submitted else ""
+            error = f"  {r.last_error}" if r.last_error and r.state != COMPLETED else ""
+            print(
+                f"  {r.distribution:<12} {r.invalidation_id or '-':<16} {r.state:<10}"
+                f"{len(r.paths):>6} paths  {age:>5} ago{took}{error}"
+            )
+        billed = journal.billed_this_month(now)
+        cost = max(0, billed - FREE_PATHS_PER_MONTH) * PRICE_PER_PATH
+        print(
+            f"\nbilled this month: {billed} paths "
+            f"({min(billed, FREE_PATHS_PER_MONTH)} of {FREE_PATHS_PER_MONTH} free), "
+            f"estimated cost ${cost:.2f} (this daemon only; the free tier is per AWS account)"
+        )
+    finally:
+        journal.close()
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

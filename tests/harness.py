@@ -1,0 +1,179 @@
+"""Run `invalidatord` as a real subprocess: JSON logs parsed as they arrive, readiness from
+GET /healthz, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal as signals
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.waiting import wait_for
+
+Event = dict[str, Any]
+
+
+def write_config(
+    directory: Path,
+    *,
+    root: Path,
+    endpoint: str,
+    distribution_id: str,
+    quiet: str = "300ms",
+    max_delay: str = "5s",
+    extra: dict[str, Any] | None = None,
+    rules: list[dict[str, Any]] | None = None,
+) -> Path:
+    """A config for one filesystem source on `root` and one distribution `www`."""
+    cfg: dict[str, Any] = {
+        "state_dir": str(directory / "state"),
+        "aws": {"endpoint_url": endpoint, "region": "us-east-1"},
+        "distributions": {"www": {"id": distribution_id}},
+        "sources": [{"name": "docroot", "type": "filesystem", "root": str(root)}],
+        "rules": rules
+        or [
+            {"match": "**/index.html", "urls": ["/{dir}/", "/{path}"]},
+            {"match": "**", "urls": ["/{path}"]},
+        ],
+        "debounce": {"quiet": quiet, "max_delay": max_delay},
+        "invalidation": {"poll_interval": "200ms", "reconcile_interval": "5s"},
+        "metrics": {"listen": "127.0.0.1:0"},
+        "log": {"format": "json", "level": "info"},
+    }
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key].update(value)
+        else:
+            cfg[key] = value
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+def aws_test_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+        AWS_CONFIG_FILE=os.devnull,
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+class DaemonProcess:
+    """`python -m invalidatord ARGS` with its stderr parsed into events."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.env = env or aws_test_env()
+        self.events: list[Event] = []
+        self.other_lines: list[str] = []
+        self._lock = threading.Lock()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.health_url: str | None = None
+
+    def start(self) -> DaemonProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "invalidatord", *self.args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
+        )
+        for stream in (self.proc.stderr, self.proc.stdout):
+            threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+        return self
+
+    def _read(self, stream: Any) -> None:
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            try:
+                event = json.loads(line)
+            except ValueError:
+                event = None
+            with self._lock:
+                if isinstance(event, dict) and "event" in event:
+                    self.events.append(event)
+                else:
+                    self.other_lines.append(line)
+
+    def find(self, name: str, where: Callable[[Event], bool] = lambda e: True) -> list[Event]:
+        with self._lock:
+            return [e for e in self.events if e.get("event") == name and where(e)]
+
+    def wait_event(
+        self, name: str, where: Callable[[Event], bool] = lambda e: True, timeout: float = 30
+    ) -> Event:
+        def found() -> Event | None:
+            self._check_alive(name)
+            hits = self.find(name, where)
+            return hits[-1] if hits else None
+
+        return wait_for(found, timeout, what=f"log event {name}")
+
+    def _check_alive(self, waiting_for: str) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(
+                f"daemon exited with {self.proc.returncode} while waiting for {waiting_for}:\n"
+                + self.transcript()
+            )
+
+    def wait_ready(self, timeout: float = 30) -> str:
+        ready = self.wait_event("daemon_ready", timeout=timeout)
+        self.health_url = str(ready["health"])
+        wait_for(lambda: self.health()[0] == 200, timeout, what="GET /healthz 200")
+        return self.health_url
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        assert self.health_url is not None
+        try:
+            with urllib.request.urlopen(self.health_url, timeout=5) as response:  # noqa: S310
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"{}")
+        except OSError:
+            return 0, {}
+
+    def get(self, path: str) -> str:
+        assert self.health_url is not None
+        url = self.health_url.rsplit("/", 1)[0] + path
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310
+            return str(response.read().decode())
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, sig: int = signals.SIGTERM, timeout: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("daemon did not stop in time:\n" + self.transcript()) from None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def transcript(self, last: int = 60) -> str:
+        with self._lock:
+            lines = [json.dumps(e) for e in self.events[-last:]] + self.other_lines[-last:]
+        return "\n".join(lines)

@@ -1,0 +1,252 @@
+"""End to end: `invalidatord run` as a subprocess on a real document root (real inotify), talking
+over HTTP to the CloudFront emulator. Each test asserts the exact set of paths CloudFront got.
+
+The "barrier" idiom: after the changes under test, touch a sentinel file and wait until CloudFront
+has its path too. Everything before the sentinel was flushed by then, so comparing the exact set
+proves both that the expected paths arrived and that nothing else did.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from invalidatord.emulator import CloudFrontEmulator
+from tests.harness import DaemonProcess, write_config
+from tests.waiting import wait_for
+
+
+def make_site(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        target = root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+
+
+@pytest.fixture
+def docroot(tmp_path: Path) -> Path:
+    root = tmp_path / "www"
+    make_site(
+        root,
+        {
+            "index.html": "home",
+            "about/index.html": "about",
+            "css/site.css": "body{}",
+            "old.html": "old",
+            "img/a.png": "png",
+            "page.html": "page v1",
+        },
+    )
+    return root
+
+
+@pytest.fixture
+def daemon(
+    tmp_path: Path, docroot: Path, cloudfront: CloudFrontEmulator
+) -> Iterator[DaemonProcess]:
+    config = write_config(
+        tmp_path,
+        root=docroot,
+        endpoint=cloudfront.endpoint_url,
+        distribution_id=cloudfront.distribution_id,
+    )
+    proc = DaemonProcess("run", "-c", str(config)).start()
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.kill()
+
+
+def received(cloudfront: CloudFrontEmulator) -> set[str]:
+    return set(cloudfront.created_paths(cloudfront.distribution_id))
+
+
+def barrier(cloudfront: CloudFrontEmulator, docroot: Path, name: str = "zz-sentinel.txt") -> None:
+    (docroot / name).write_text("sentinel")
+    wait_for(lambda: f"/{name}" in received(cloudfront), 30, what=f"/{name} at CloudFront")
+
+
+def test_first_start_records_a_baseline_and_invalidates_nothing(
+    daemon: DaemonProcess, cloudfront: CloudFrontEmulator, docroot: Path
+) -> None:
+    """The very first start remembers the tree; only later changes are invalidated."""
+    baseline = daemon.wait_event("baseline_recorded")
+    assert baseline["files"] == 6
+    barrier(cloudfront, docroot)
+    assert received(cloudfront) == {"/zz-sentinel.txt"}
+
+
+def test_edits_creates_deletes_and_renames(
+    daemon: DaemonProcess, cloudfront: CloudFrontEmulator, docroot: Path
+) -> None:
+    """Each kind of change becomes exactly the URL paths its rules give; index.html two."""
+    (docroot / "css/site.css").write_text("body{color:red}")
+    (docroot / "new.html").write_text("new")
+    (docroot / "old.html").unlink()
+    (docroot / "img/a.png").rename(docroot / "img/b.png")
+    (docroot / "about/index.html").write_text("about v2")
+    barrier(cloudfront, docroot)
+    assert received(cloudfront) == {
+        "/css/site.css",
+        "/new.html",
+        "/old.html",
+        "/img/a.png",
+        "/img/b.png",
+        "/about/",
+        "/about/index.html",
+        "/zz-sentinel.txt",
+    }
+
+
+def test_rsync_style_temp_file_and_rename(
+    daemon: DaemonProcess, cloudfront: CloudFrontEmulator, docroot: Path
+) -> None:
+    """rsync writes `.page.html.Ab12Cd` and renames it over page.html: one change, page.html."""
+    temp = docroot / ".page.html.Ab12Cd"
+    temp.write_text("page v2")
+    temp.rename(docroot / "page.html")
+    barrier(cloudfront, docroot)
+    assert received(cloudfront) == {"/page.html", "/zz-sentinel.txt"}
+
+
+def test_vim_style_save(
+    daemon: DaemonProcess, cloudfront: CloudFrontEmulator, docroot: Path
+) -> None:
+    """vim's 4913 probe, `page.html~` backup and `.page.html.swp`: exactly one change."""
+    probe = docroot / "4913"
+    probe.write_text("")
+    probe.unlink()
+    swap = docroot / ".page.html.swp"
+    swap.write_text("swap")
+    (docroot / "page.html").rename(docroot / "page.html~")
+    (docroot / "page.html").write_text("page v2")
+    swap.write_text("swap 2")
+    (docroot / "page.html~").unlink()
+    swap.unlink()
+    barrier(cloudfront, docroot)
+    assert received(cloudfront) == {"/page.html", "/zz-sentinel.txt"}
+
+
+def test_special_character_names(
+    daemon: DaemonProcess, cloudfront: CloudFrontEmulator, docroot: Path
+) -> None:
+    """File names are encoded the way CloudFront wants, raw bytes of non-UTF-8 names too."""
+    names = {
+        "red flower.jpg": "/red%20flower.jpg",
+        "caf\u00e9.html": "/caf%C3%A9.html",  # NFC
+        "cafe\u0301.html": "/cafe%CC%81.html",  # NFD: bytes as on disk, no normalisation
+        "100%.txt": "/100%25.txt",
+        "[x].html": "/%5Bx%5D.html",
+        "a#b.html": "/a%23b.html",
+        "q?.html": "/q%3F.html",
+        "a+b&c=d;e.html": "/a+b&c=d;e.html",
+        "~tilde.html": "/%7Etilde.html",
+        "sp ace/x y.html": "/sp%20ace/x%20y.html",
+    }
+    for name in names:
+        make_site(docroot, {name: "x"})
+    with open(os.path.join(os.fsencode(docroot), b"caf\xe9-latin1.html"), "wb") as f:
+        f.write(b"x")
+    barrier(cloudfront, docroot)
+    assert received(cloudfront) == {
+        *names.values(),
+        "/caf%E9-latin1.html",
+        "/zz-sentinel.txt",
+    }
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_git_checkout_of_another_branch(tmp_path: Path, cloudfront: CloudFrontEmulator) -> None:
+    """A `git checkout` inside the root invalidates the files it changed, never `.git/`."""
+    root = tmp_path / "repo"
+    make_site(root, {"a.html": "a1", "b.html": "b1", "same.html": "same"})
+
+    def git(*args: str) -> None:
+        subprocess.run(
+            ["git", "-c", "user.email=t@example.com", "-c", "user.name=t", *args],
+            cwd=root,
+            check=True,
+            capture_output=True,
+        )
+
+    git("init", "-q", "-b", "main")
+    git("add", ".")
+    git("commit", "-qm", "one")
+    git("checkout", "-qb", "other")
+    (root / "a.html").write_text("a2")
+    (root / "b.html").unlink()
+    (root / "c.html").write_text("c")
+    git("add", "-A")
+    git("commit", "-qm", "two")
+    git("checkout", "-q", "main")
+
+    config = write_config(
+        tmp_path,
+        root=root,
+        endpoint=cloudfront.endpoint_url,
+        distribution_id=cloudfront.distribution_id,
+    )
+    proc = DaemonProcess("run", "-c", str(config)).start()
+    try:
+        proc.wait_ready()
+        git("checkout", "-q", "other")
+        barrier(cloudfront, root)
+        assert received(cloudfront) == {"/a.html", "/b.html", "/c.html", "/zz-sentinel.txt"}
+    finally:
+        proc.kill()
+
+
+def test_a_burst_of_5000_files_is_a_handful_of_requests(
+    daemon: DaemonProcess, cloudfront: CloudFrontEmulator, docroot: Path
+) -> None:
+    """5,000 new files in 50 directories reach CloudFront in at most 5 CreateInvalidation calls."""
+    expected = set()
+    for d in range(50):
+        folder = docroot / f"deploy/d{d:02}"
+        folder.mkdir(parents=True)
+        for i in range(100):
+            (folder / f"f{i:03}.html").write_text("x")
+            expected.add(f"/deploy/d{d:02}/f{i:03}.html")
+    wait_for(lambda: expected <= received(cloudfront), 60, what="all 5,000 paths")
+    creates = [r for r in cloudfront.requests if r.op == "CreateInvalidation" and r.status == 201]
+    assert len(creates) <= 5, [len(r.paths) for r in creates]
+    assert received(cloudfront) == expected
+
+
+def test_sigterm_flushes_what_is_still_debouncing(
+    tmp_path: Path, docroot: Path, cloudfront: CloudFrontEmulator
+) -> None:
+    """SIGTERM inside a long quiet window: the change is accepted, submitted, and the exit is 0."""
+    config = write_config(
+        tmp_path,
+        root=docroot,
+        endpoint=cloudfront.endpoint_url,
+        distribution_id=cloudfront.distribution_id,
+        quiet="30s",
+        max_delay="60s",
+    )
+    proc = DaemonProcess("run", "-c", str(config)).start()
+    try:
+        proc.wait_ready()
+        (docroot / "late.html").write_text("late")
+        wait_for(
+            lambda: (
+                'invalidatord_changes_total{kind="created",source="docroot"}'
+                in proc.get("/metrics")
+            ),
+            20,
+            what="the daemon to see the change",
+        )
+        assert received(cloudfront) == set()
+        assert proc.stop(signal.SIGTERM) == 0, proc.transcript()
+        assert received(cloudfront) == {"/late.html"}
+        assert proc.find("daemon_stopped")[-1]["drained"] is True
+    finally:
+        proc.kill()
