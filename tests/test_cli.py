@@ -1,0 +1,118 @@
+"""The command line as a user runs it: a real subprocess, exit codes, one clear line per problem."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.harness import DaemonProcess, aws_test_env
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "invalidatord", *args],
+        capture_output=True,
+        text=True,
+        env=env or aws_test_env(),
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_check_accepts_every_shipped_config(path: Path) -> None:
+    """Every file in config/ is valid: exit 0 and a summary naming its sources."""
+    result = cli("check", "-c", str(path))
+    assert result.returncode == 0, result.stderr
+    assert f"{path}: valid" in result.stdout
+    assert "source " in result.stdout
+
+
+def test_check_reports_every_problem_with_file_line_and_key(tmp_path: Path) -> None:
+    """A broken config exits 2 with one located line per problem and no traceback."""
+    bad = tmp_path / "config.yaml"
+    bad.write_text(
+        "distributions:\n"
+        "  www:\n"
+        "    id: E2EXAMPLE12345\n"
+        "sources:\n"
+        "  - name: docroot\n"
+        "    type: filesystem\n"
+        f"    root: {tmp_path / 'missing'}\n"
+        "rules:\n"
+        "  - match: '**'\n"
+        "    distribution: nope\n"
+        "    urls: ['/{nope}']\n"
+        "debounse: {}\n"
+    )
+    result = cli("check", "-c", str(bad))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert any(line.startswith(f"{bad}:7: sources[0].root:") for line in lines), lines
+    assert any(
+        line.startswith(f"{bad}:10: rules[0].distribution: unknown distribution 'nope'")
+        for line in lines
+    ), lines
+    assert any(line.startswith(f"{bad}:11: rules[0].urls[0]:") for line in lines), lines
+    assert any(line.startswith(f"{bad}:12: debounse:") for line in lines), lines
+
+
+def test_missing_config_file_is_exit_2(tmp_path: Path) -> None:
+    """A config path that does not exist: exit 2, one line naming it."""
+    result = cli("check", "-c", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2
+    assert "nope.yaml" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_path_from_the_environment(tmp_path: Path) -> None:
+    """INVALIDATORD_CONFIG names the config when -c is not given."""
+    env = aws_test_env()
+    env["INVALIDATORD_CONFIG"] = str(CONFIG_DIR / "minimal.yaml")
+    result = cli("check", env=env)
+    assert result.returncode == 0, result.stderr
+
+
+def test_map_prints_one_line_per_url_per_distribution() -> None:
+    """`map` shows what a path would invalidate, prefixed by the distribution name."""
+    result = cli("map", "-c", str(CONFIG_DIR / "minimal.yaml"), "docs/index.html", "a b.css")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == "www /a%20b.css"
+    assert all(line.startswith("www /") for line in lines)
+
+
+def test_map_unknown_source_is_exit_2() -> None:
+    """Naming a source the config does not have is a usage error."""
+    result = cli("map", "-c", str(CONFIG_DIR / "minimal.yaml"), "--source", "nope", "a.html")
+    assert result.returncode == 2
+    assert "unknown source 'nope'" in result.stderr
+
+
+def test_python_dash_m_is_the_same_command() -> None:
+    """`python -m invalidatord --help` lists every command of the contract."""
+    result = cli("--help")
+    assert result.returncode == 0
+    for command in ("run", "check", "map", "invalidate", "status", "demo"):
+        assert command in result.stdout
+
+
+def test_demo_submits_an_invalidation_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    """The README's first command: the daemon runs on the emulator, invalidates the page the
+    demo edits, tracks it to Completed, and Ctrl-C (SIGINT) stops it with exit 0."""
+    demo = DaemonProcess("demo", "--dir", str(tmp_path)).start()
+    try:
+        submitted = demo.wait_event("batch_submitted", timeout=60)
+        assert set(submitted["sample"]) == {"/", "/index.html", "/css/site.css"}
+        demo.wait_event("invalidation_completed", timeout=30)
+        assert demo.stop(signal.SIGINT) == 0, demo.transcript()
+        assert (tmp_path / "docroot" / "index.html").exists()
+    finally:
+        demo.kill()
