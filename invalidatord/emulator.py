@@ -531,18 +531,19 @@ class CloudFrontEmulator:
             status, code = err.status, err.code
             payload = _error_xml(err)
             headers = []
-        self.requests.append(
-            RecordedRequest(
-                op=op,
-                distribution_id=distribution_id,
-                paths=paths,
-                caller_reference=reference,
-                status=None if code == "ConnectionReset" else status,
-                error_code=code,
-                time=self._clock(),
-                invalidation_id=invalidation_id,
+        with self._lock:
+            self.requests.append(
+                RecordedRequest(
+                    op=op,
+                    distribution_id=distribution_id,
+                    paths=paths,
+                    caller_reference=reference,
+                    status=None if code == "ConnectionReset" else status,
+                    error_code=code,
+                    time=self._clock(),
+                    invalidation_id=invalidation_id,
+                )
             )
-        )
         if code == "ConnectionReset":
             _drop(environ)
             raise _DropConnection("fault injected: ConnectionReset")

@@ -348,12 +348,17 @@ def test_connection_reset_drops_the_connection(cloudfront: CloudFrontEmulator) -
     assert cloudfront.invalidations(cloudfront.distribution_id) == []
 
 
-def test_fault_after_processing_loses_only_the_answer(cloudfront: CloudFrontEmulator) -> None:
-    """after=True creates the invalidation and then fails; resubmitting the same reference
-    returns that invalidation instead of a second one."""
-    cloudfront.inject("InternalError", times=1, after=True)
+@pytest.mark.parametrize("code", ["InternalError", "ConnectionReset"])
+def test_fault_after_processing_loses_only_the_answer(
+    cloudfront: CloudFrontEmulator, code: str
+) -> None:
+    """after=True creates the invalidation and then fails (or drops the connection);
+    resubmitting the same reference returns that invalidation instead of a second one."""
+    cloudfront.inject(code, times=1, after=True)
     cf, dist = client(cloudfront), cloudfront.distribution_id
-    with pytest.raises(botocore.exceptions.ClientError):
+    with pytest.raises(
+        (botocore.exceptions.ClientError, botocore.exceptions.ConnectionClosedError)
+    ):
         create(cf, dist, ["/a"], "r")
     [created] = cloudfront.invalidations(dist)
     assert create(cf, dist, ["/a"], "r")["Invalidation"]["Id"] == created.id
