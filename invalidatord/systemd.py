@@ -100,6 +100,7 @@ class Notifier:
         self._sock: socket.socket | None = None
         self._address: str | bytes | None = None
         self._failing = False
+        self._reloading = False
         self._last_ping: float | None = None
         self.watchdog_interval: float | None = watchdog_interval(env) if raw else None
         """Seconds systemd waits for a ping before it restarts the service; None when off."""
@@ -116,6 +117,7 @@ class Notifier:
 
     def ready(self, status: str | None = None) -> bool:
         """Startup finished: sources watch and CloudFront answered (also sent after a reload)."""
+        self._reloading = False
         if status is None:
             return self._send("READY=1")
         return self._send("READY=1", _status_field(status))
@@ -128,6 +130,7 @@ class Notifier:
         """A reload (SIGHUP) began; send `ready()` when it is done. MONOTONIC_USEC is what
         systemd 253+ needs to match the two; older versions ignore it."""
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self._reloading = True
         return self._send("RELOADING=1", f"MONOTONIC_USEC={usec}")
 
     def watchdog(self) -> bool:
@@ -144,7 +147,14 @@ class Notifier:
         return sent
 
     def stopping(self) -> bool:
-        """Shutdown began (SIGTERM): systemd shows "deactivating" while the daemon flushes."""
+        """Shutdown began (SIGTERM): systemd shows "deactivating" while the daemon flushes.
+
+        Not sent between `reloading()` and `ready()`: systemd takes STOPPING=1 as "the service
+        is exiting" (as if it had sent SIGTERM) and kills it after TimeoutStopSec, so a reload
+        that stops and restarts the pipeline must not say it."""
+        if self._reloading and self.enabled:
+            log.debug("systemd_stopping_skipped_during_reload")
+            return False
         return self._send("STOPPING=1")
 
     def close(self) -> None:

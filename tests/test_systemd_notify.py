@@ -118,6 +118,20 @@ def test_reloading_carries_the_monotonic_timestamp(notify_socket: socket.socket)
     assert before <= int(value) <= after
 
 
+def test_a_reload_does_not_announce_a_shutdown(notify_socket: socket.socket) -> None:
+    """Between RELOADING=1 and READY=1, stopping() stays silent (systemd would otherwise treat
+    the reload as the service exiting); after READY=1 a real shutdown says STOPPING=1 again."""
+    notifier = Notifier()
+    assert notifier.reloading()
+    assert notifier.stopping() is False
+    assert notifier.ready("reloaded")
+    assert notifier.stopping() is True
+    received = [notify_socket.recv(4096) for _ in range(3)]
+    assert received[0].startswith(b"RELOADING=1\nMONOTONIC_USEC=")
+    assert received[1:] == [b"READY=1\nSTATUS=reloaded", b"STOPPING=1"]
+    assert nothing_pending(notify_socket)
+
+
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
