@@ -272,7 +272,7 @@ def test_notification_keys_are_form_decoded(raw: str, key: str) -> None:
 
 
 _keys = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+    alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\x00"),
     min_size=1,
     max_size=60,
 )
