@@ -4,46 +4,62 @@ Start-up order (each step only once the previous one holds):
   1. journal opened and the state_dir lock taken (one daemon per journal);
   2. health endpoint up (503 until ready);
   3. preflight: each distribution answers a cheap ListInvalidations (AccessDenied or
-     NoSuchDistribution stops the start with a clear error; an outage only degrades health);
+     NoSuchDistribution stops the start with a clear error naming the distribution; an outage
+     only degrades health: changes are journaled and submitted once CloudFront answers);
   4. sources started (each returns once watching); filesystem sources record their baseline on
      the very first start, or queue a catch-up scan of the whole tree on every later one;
-  5. pipeline, submitter and scheduled jobs (status poll, reconcile, safety-net rescans) started;
-  6. READY=1.
+  5. pipeline, submitter and scheduled jobs (status poll, reconcile, CloudFront probe,
+     safety-net rescans, gauges) started;
+  6. READY=1 (and from then on WATCHDOG=1 from the pipeline loop).
 
 Shutdown order (SIGTERM/SIGINT), stated because it is what makes "nothing lost" true:
   1. STOPPING=1, health 503;
   2. sources stopped, so nothing new arrives;
   3. pipeline stopped and everything queued or debouncing accepted into the journal;
-  4. submitter drains what is pending, bounded by `shutdown_timeout`; the rest stays journaled;
+  4. submitter drains what is pending, bounded by `shutdown_timeout` (a CloudFront call still
+     running at the deadline is abandoned: its batch is journaled with its CallerReference, so
+     the next start resubmits it without creating a second invalidation); the rest stays
+     journaled;
   5. scheduler, health endpoint, journal closed.
+
+Reload (SIGHUP): the new config is loaded first; if it does not load, its problems are logged
+(`reload_rejected`, the lines `check` prints) and the old daemon keeps running untouched.
+Otherwise the old daemon stops without STOPPING=1 and without draining (the new one resumes
+from the same journal; its start-up catch-up scan finds what changed in between), and a new one
+starts with the same metrics registry and, when `metrics.listen` is unchanged, the same HTTP
+endpoint. If the new one cannot start, the old config is started again.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import fcntl
 import json
 import os
 import signal
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import structlog
+from apscheduler.executors.pool import BasePoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from invalidatord import systemd
+from invalidatord import logs, systemd
 from invalidatord.cloudfront import Boto3CloudFront, DryRunCloudFront, make_session
-from invalidatord.config import Config, FilesystemSourceConfig, SqsSourceConfig
+from invalidatord.config import Config, FilesystemSourceConfig, SqsSourceConfig, config_warnings
 from invalidatord.contracts import CloudFront, Source, TreeScanner
 from invalidatord.errors import AccessProblem, InvalidatordError, JournalError, SinkError
-from invalidatord.journal import Journal
+from invalidatord.journal import PLANNED, Journal
 from invalidatord.mapping import Mapper, Rule
 from invalidatord.metrics import Metrics
-from invalidatord.model import Change, ChangeKind
+from invalidatord.model import Change, ChangeKind, Invalidation
 from invalidatord.pipeline import DebounceSettings, Pipeline
 from invalidatord.planner import Limits
 from invalidatord.sources.filesystem import FilesystemSource
@@ -53,6 +69,15 @@ log = structlog.get_logger(__name__)
 
 JOURNAL_NAME = "journal.sqlite"
 LOCK_NAME = "daemon.lock"
+#: How often each distribution is asked a cheap ListInvalidations (at most; never more often
+#: than `invalidation.reconcile_interval`), so /healthz notices CloudFront refusing or
+#: unreachable while nothing is being submitted.
+PROBE_INTERVAL = 30.0
+#: How often the gauges are refreshed and STATUS= is sent to systemd (also at every scrape).
+GAUGE_INTERVAL = 5.0
+
+T = TypeVar("T")
+Phase = Literal["starting", "ready", "reloading", "stopping", "stopped"]
 
 
 def mapper_for(cfg: Config) -> Mapper:
@@ -76,11 +101,18 @@ def limits_for(cfg: Config) -> Limits:
     )
 
 
+def session_for(cfg: Config) -> Any:
+    """The boto3 session every client of the daemon uses. With `aws.role_arn`, AssumeRole goes
+    to `aws.endpoint_url` too when one is set (an emulator serves STS as well)."""
+    return make_session(
+        cfg.aws.region, cfg.aws.profile, cfg.aws.role_arn, sts_endpoint_url=cfg.aws.endpoint_url
+    )
+
+
 def cloudfront_for(cfg: Config, dry_run: bool = False) -> CloudFront:
     if dry_run:
         return DryRunCloudFront()
-    session = make_session(cfg.aws.region, cfg.aws.profile, cfg.aws.role_arn)
-    return Boto3CloudFront(session, endpoint_url=cfg.aws.endpoint_url)
+    return Boto3CloudFront(session_for(cfg), endpoint_url=cfg.aws.endpoint_url)
 
 
 def open_journal(cfg: Config, dry_run: bool = False) -> Journal:
@@ -115,6 +147,191 @@ class StateLock:
             self._fd = None
 
 
+# ---- CloudFront, watched ------------------------------------------------------------------------
+
+
+def _not_answering(exc: SinkError) -> bool:
+    """CloudFront refused us (access, credentials, distribution) or could not be reached (after
+    botocore's retries: connection errors, timeouts, 5xx). Throttling, TooMany and refused paths
+    are answers: CloudFront is there and talking."""
+    if isinstance(exc, AccessProblem):
+        return True
+    return exc.retryable and (exc.http_status is None or exc.http_status >= 500)
+
+
+class WatchedCloudFront:
+    """`contracts.CloudFront` around another, for health and metrics.
+
+    Remembers, per distribution and operation, whether CloudFront answered the latest call
+    (`problems`, what /healthz reports), and counts the errors of every call except
+    CreateInvalidation in `invalidatord_api_errors_total` (the submitter counts those).
+    """
+
+    def __init__(self, inner: CloudFront, names: Mapping[str, str], metrics: Metrics) -> None:
+        """`names`: distribution config name -> CloudFront id."""
+        self.inner = inner
+        self._by_id: dict[str, str] = {}
+        for name, distribution_id in names.items():
+            self._by_id.setdefault(distribution_id, name)
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        self._failing: dict[tuple[str, str], SinkError] = {}
+
+    def _name(self, distribution_id: str) -> str:
+        return self._by_id.get(distribution_id, distribution_id)
+
+    def _call(self, operation: str, distribution_id: str, call: Callable[[], T]) -> T:
+        name = self._name(distribution_id)
+        try:
+            result = call()
+        except SinkError as exc:
+            if operation != "CreateInvalidation":
+                self._metrics.api_errors.labels(name, exc.code).inc()
+            with self._lock:
+                if _not_answering(exc):
+                    self._failing[(name, operation)] = exc
+                else:
+                    self._failing.pop((name, operation), None)
+            raise
+        with self._lock:
+            self._failing.pop((name, operation), None)
+        return result
+
+    def create_invalidation(
+        self, distribution_id: str, paths: Sequence[str], caller_reference: str
+    ) -> Invalidation:
+        return self._call(
+            "CreateInvalidation",
+            distribution_id,
+            lambda: self.inner.create_invalidation(distribution_id, paths, caller_reference),
+        )
+
+    def get_invalidation(self, distribution_id: str, invalidation_id: str) -> Invalidation:
+        return self._call(
+            "GetInvalidation",
+            distribution_id,
+            lambda: self.inner.get_invalidation(distribution_id, invalidation_id),
+        )
+
+    def list_in_progress(self, distribution_id: str) -> list[Invalidation]:
+        return self._call(
+            "ListInvalidations",
+            distribution_id,
+            lambda: self.inner.list_in_progress(distribution_id),
+        )
+
+    def check_distribution(self, distribution_id: str) -> None:
+        self._call(
+            "ListInvalidations",
+            distribution_id,
+            lambda: self.inner.check_distribution(distribution_id),
+        )
+
+    def problems(self) -> dict[str, str]:
+        """distribution name -> why CloudFront is not answering for it (one line)."""
+        out: dict[str, str] = {}
+        with self._lock:
+            failing = sorted(self._failing.items())
+        for (name, operation), exc in failing:
+            if name in out:
+                continue
+            if isinstance(exc, AccessProblem):
+                out[name] = f"{operation}: {exc.code}: {exc.message}"
+            else:
+                out[name] = f"CloudFront unreachable ({operation}): {exc.code}: {exc.message}"
+        return out
+
+
+# ---- scheduled jobs on daemon threads -----------------------------------------------------------
+
+
+class _DaemonThreadPool(concurrent.futures.Executor):
+    """Runs each job on a new daemon thread. concurrent.futures' pool joins its (non-daemon)
+    workers when the interpreter exits, so one status poll stuck in a CloudFront call (a read
+    timeout of 30 s, three attempts) would hold the exit well past `shutdown_timeout`."""
+
+    def submit(
+        self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # noqa: BLE001 - the future hands it to APScheduler
+                future.set_exception(exc)
+
+        threading.Thread(target=run, name="job", daemon=True).start()
+        return future
+
+
+class _DaemonThreadExecutor(BasePoolExecutor):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__(_DaemonThreadPool())
+
+
+# ---- the HTTP endpoint ----------------------------------------------------------------------
+
+
+class StatusServer:
+    """GET /healthz and GET /metrics for whichever daemon is current (a reload hands the
+    server to the new one)."""
+
+    def __init__(self, listen: str, address: tuple[str, int], daemon: Daemon) -> None:
+        self.listen = listen
+        self.daemon = daemon
+        host, port = address
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?")[0]
+                current = owner.daemon
+                if path == "/healthz":
+                    ok, body = current.health()
+                    self._send(200 if ok else 503, "application/json", json.dumps(body).encode())
+                elif path == "/metrics":
+                    current.refresh_gauges()
+                    self._send(200, CONTENT_TYPE_LATEST, generate_latest(current.metrics.registry))
+                else:
+                    self._send(404, "text/plain", b"not found\n")
+
+            def _send(self, code: int, ctype: str, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        class Server(ThreadingHTTPServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            daemon_threads = True
+
+        self._server = Server((host, port), Handler)
+        bound = self._server.server_address
+        self.address: tuple[str, int] = (str(bound[0]), int(bound[1]))
+        self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
+        self._thread.start()
+
+    @property
+    def health_url(self) -> str:
+        host, port = self.address
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{port}/healthz"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+# ---- the daemon -----------------------------------------------------------------------------
+
+
 class Daemon:
     """Everything a running invalidatord is, built from one config."""
 
@@ -125,14 +342,22 @@ class Daemon:
         dry_run: bool = False,
         cloudfront: CloudFront | None = None,
         notifier: systemd.Notifier | None = None,
+        metrics: Metrics | None = None,
+        http: StatusServer | None = None,
     ) -> None:
+        """`metrics` and `http` are handed over by a reload (counters keep counting, the
+        endpoint keeps answering)."""
         self.cfg = cfg
         self.dry_run = dry_run
-        self.metrics = Metrics()
+        self.metrics = metrics or Metrics()
         self.notifier = notifier or systemd.Notifier()
-        self.cloudfront = cloudfront or cloudfront_for(cfg, dry_run)
+        self.cloudfront = WatchedCloudFront(
+            cloudfront or cloudfront_for(cfg, dry_run),
+            {name: d.id for name, d in cfg.distributions.items()},
+            self.metrics,
+        )
         self.ready = threading.Event()
-        self._stopping = False
+        self.phase: Phase = "starting"
         self._lock = StateLock(Path(cfg.state_dir)) if not dry_run else None
         self.journal: Journal | None = None
         self.sources: dict[str, Source] = {}
@@ -140,10 +365,11 @@ class Daemon:
         self.pipeline: Pipeline | None = None
         self.submitter: Submitter | None = None
         self.scheduler: BackgroundScheduler | None = None
-        self.http: ThreadingHTTPServer | None = None
-        self.http_address: tuple[str, int] | None = None
-        self._last_watchdog = 0.0
-        self._watchdog_every = (systemd.watchdog_interval() or 0) / 2
+        self.http = http
+        self._overflows_seen: dict[str, int] = {}
+        self._overflow_lock = threading.Lock()
+        self._started = False
+        self._stopped = False
 
     # ---- start -------------------------------------------------------------------------------
 
@@ -155,7 +381,10 @@ class Daemon:
                 f"(lock {self._lock.path})"
             )
         self.journal = open_journal(cfg, self.dry_run)
+        self._declare_metrics()
         self._start_http()
+        for warning in config_warnings(cfg):
+            log.warning("config_warning", warning=warning)
         self.submitter = Submitter(
             journal=self.journal,
             cloudfront=self.cloudfront,
@@ -185,10 +414,13 @@ class Daemon:
         self._catch_up()
         self.pipeline.start()
         self.submitter.start()
+        self._started = True
         self._start_scheduler()
         self.submitter.wake()
+        self.phase = "ready"
         self.ready.set()
-        self.notifier.ready(self._status_text())
+        self.refresh_gauges()
+        self.notifier.ready(self.status_text())
         log.info(
             "daemon_ready",
             sources=list(self.sources),
@@ -199,25 +431,49 @@ class Daemon:
 
     @property
     def health_url(self) -> str | None:
-        if self.http_address is None:
-            return None
-        host, port = self.http_address[:2]
-        host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{port}/healthz"
+        return None if self.http is None else self.http.health_url
+
+    def _declare_metrics(self) -> None:
+        cfg = self.cfg
+        self.metrics.forget(distributions=cfg.distributions, sources=[s.name for s in cfg.sources])
+        self.metrics.declare(
+            distributions=cfg.distributions,
+            sources=[s.name for s in cfg.sources],
+            tree_sources=[s.name for s in cfg.sources if isinstance(s, FilesystemSourceConfig)],
+        )
 
     def _preflight(self) -> None:
         for name, dist in self.cfg.distributions.items():
             try:
                 self.cloudfront.check_distribution(dist.id)
-            except AccessProblem:
-                raise
+            except AccessProblem as exc:
+                log.error(
+                    "preflight_failed",
+                    distribution=name,
+                    distribution_id=dist.id,
+                    code=exc.code,
+                    error=exc.message,
+                )
+                # Named by its config name, with the id: the operator fixes one or the other.
+                raise AccessProblem(
+                    name,
+                    exc.code,
+                    f"{exc.message} [CloudFront id {dist.id}]",
+                    retryable=False,
+                    http_status=exc.http_status,
+                ) from exc
             except SinkError as exc:
                 # An outage at start is not a reason to stop watching: changes are journaled
-                # and submitted once CloudFront answers. Health says why it is degraded.
-                assert self.submitter is not None
-                self.submitter.states[name].unreachable = f"{exc.code}: {exc.message}"
-                self.submitter.states[name].failures = 3
-                log.warning("preflight_failed", distribution=name, error=str(exc))
+                # and submitted once CloudFront answers. Health says why it is degraded until
+                # a call (the probe, a submission) gets an answer.
+                log.warning(
+                    "preflight_failed",
+                    distribution=name,
+                    distribution_id=dist.id,
+                    code=exc.code,
+                    error=exc.message,
+                    retryable=exc.retryable,
+                )
 
     def _build_sources(self) -> None:
         for scfg in self.cfg.sources:
@@ -238,8 +494,7 @@ class Daemon:
     def _sqs_source(self, scfg: SqsSourceConfig) -> Source:
         from invalidatord.sources.sqs import SqsSource
 
-        session = make_session(self.cfg.aws.region, self.cfg.aws.profile, self.cfg.aws.role_arn)
-        client = session.client("sqs", endpoint_url=self.cfg.aws.endpoint_url)
+        client = session_for(self.cfg).client("sqs", endpoint_url=self.cfg.aws.endpoint_url)
         return SqsSource(
             scfg.name,
             self._sink,
@@ -255,8 +510,24 @@ class Daemon:
     def _sink(self, change: Change) -> None:
         assert self.pipeline is not None
         if change.kind is ChangeKind.RESCAN and not change.path:
-            self.metrics.overflows.labels(change.source).inc()
+            # an overflow (or the root itself moved or deleted): count it now, not at the
+            # next scrape, so the counter moves with the rescan it causes
+            self._count_overflows()
         self.pipeline.sink(change)
+
+    def _count_overflows(self) -> None:
+        """Add each filesystem source's new overflows (its own count) to the counter. A RESCAN
+        of the whole tree is not an overflow by itself: start-up catch-up and the periodic
+        safety net send one too."""
+        with self._overflow_lock:
+            for name, source in self.sources.items():
+                count = getattr(source, "overflows", None)
+                if not isinstance(count, int):
+                    continue
+                new = count - self._overflows_seen.get(name, 0)
+                if new > 0:
+                    self.metrics.overflows.labels(name).inc(new)
+                    self._overflows_seen[name] = count
 
     def _catch_up(self) -> None:
         assert self.journal is not None
@@ -279,17 +550,22 @@ class Daemon:
     def _start_scheduler(self) -> None:
         assert self.submitter is not None
         inv = self.cfg.invalidation
-        scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
+        scheduler = BackgroundScheduler(
+            executors={"default": _DaemonThreadExecutor()},
+            job_defaults={"coalesce": True, "max_instances": 1},
+        )
         scheduler.add_job(self.submitter.poll_status, "interval", seconds=inv.poll_interval)
         scheduler.add_job(self.submitter.reconcile, "interval", seconds=inv.reconcile_interval)
         scheduler.add_job(self.submitter.reconcile)  # once, now
+        probe_every = min(PROBE_INTERVAL, inv.reconcile_interval)
+        scheduler.add_job(self._probe, "interval", seconds=probe_every)
         for scfg in self.cfg.sources:
             interval = getattr(scfg, "rescan_interval", None)
             if isinstance(scfg, FilesystemSourceConfig) and interval:
                 scheduler.add_job(
                     self._rescan, "interval", seconds=interval, args=[scfg.name], id=scfg.name
                 )
-        scheduler.add_job(self._refresh_gauges, "interval", seconds=5)
+        scheduler.add_job(self._tick, "interval", seconds=GAUGE_INTERVAL)
         scheduler.start()
         self.scheduler = scheduler
 
@@ -297,110 +573,174 @@ class Daemon:
         assert self.pipeline is not None
         self.pipeline.sink(Change(source, "", ChangeKind.RESCAN, time.time()))
 
+    def _probe(self) -> None:
+        """Ask each distribution a cheap ListInvalidations: health notices CloudFront refusing
+        or unreachable while nothing is being submitted. Logs only changes of state."""
+        for name, dist in self.cfg.distributions.items():
+            before = self.cloudfront.problems().get(name)
+            with contextlib.suppress(SinkError):  # remembered by self.cloudfront
+                self.cloudfront.check_distribution(dist.id)
+            after = self.cloudfront.problems().get(name)
+            if after and after != before:
+                log.warning("distribution_unhealthy", distribution=name, reason=after)
+            elif before and not after:
+                log.info("distribution_healthy", distribution=name)
+
     # ---- health, metrics, systemd --------------------------------------------------------------
 
     def health(self) -> tuple[bool, dict[str, Any]]:
+        """(healthy, the JSON body of /healthz)."""
         reasons: list[str] = []
-        if self._stopping:
-            reasons.append("stopping")
-        elif not self.ready.is_set():
-            reasons.append("starting")
+        if self.phase != "ready":
+            reasons.append(self.phase)
+        sources: dict[str, str] = {}
         for name, source in self.sources.items():
-            if not source.healthy:
-                reasons.append(f"source {name!r} is not watching")
-        if self.submitter is not None:
-            for dist, why in self.submitter.problems().items():
-                reasons.append(f"distribution {dist!r}: {why}")
-        body: dict[str, Any] = {"status": "ok" if not reasons else "unavailable"}
+            if source.healthy:
+                sources[name] = "ok"
+            else:
+                sources[name] = self._source_problem(name)
+                reasons.append(f"source {name!r}: {sources[name]}")
+        distributions: dict[str, str] = {}
+        cf_problems = self.cloudfront.problems()
+        sub_problems = self.submitter.problems() if self.submitter is not None else {}
+        for name in self.cfg.distributions:
+            why = cf_problems.get(name) or sub_problems.get(name)
+            distributions[name] = why or "ok"
+            if why:
+                reasons.append(f"distribution {name!r}: {why}")
+        body: dict[str, Any] = {
+            "status": "ok" if not reasons else "unavailable",
+            "phase": self.phase,
+        }
         if reasons:
             body["reasons"] = reasons
-        if self.journal is not None:
-            body["pending"] = self.journal.pending_count()
+        body["sources"] = sources
+        body["distributions"] = distributions
+        pending = self._pending()
+        if pending is not None:
+            body["pending"] = sum(count for count, _ in pending.values())
         return not reasons, body
 
-    def _refresh_gauges(self) -> None:
+    def _source_problem(self, name: str) -> str:
+        scfg = self.cfg.source(name)
+        if isinstance(scfg, FilesystemSourceConfig) and not Path(scfg.root).is_dir():
+            return f"not watching: root {scfg.root} is gone"
+        if self.phase in ("starting", "stopping", "stopped"):
+            return f"not watching ({self.phase})"
+        if isinstance(scfg, SqsSourceConfig):
+            return f"not receiving: SQS calls to {scfg.queue_url} keep failing"
+        return "not watching"
+
+    def _pending(self) -> dict[str, tuple[int, float | None]] | None:
+        """distribution -> (paths accepted and not yet submitted, first_seen of the oldest).
+        Counts the paths of batches still being sent as well as queued ones: while CloudFront
+        refuses or is unreachable, the paths wait in a planned batch."""
+        journal = self.journal
+        if journal is None or self._stopped:
+            return None
+        try:
+            summary = journal.pending_summary()
+            planned = journal.batches(PLANNED)
+        except InvalidatordError:  # closed under us by a stop: no answer
+            return None
+        out: dict[str, tuple[int, float | None]] = {}
+        for name in self.cfg.distributions:
+            count, oldest = summary.get(name, (0, None))
+            for record in planned:
+                if record.distribution == name:
+                    count += len(record.paths)
+                    oldest = record.first_seen if oldest is None else min(oldest, record.first_seen)
+            out[name] = (count, oldest if count else None)
+        return out
+
+    def refresh_gauges(self) -> None:
+        """Set every gauge from the journal, the submitter and the sources (at each scrape)."""
         journal, submitter = self.journal, self.submitter
-        if journal is None or submitter is None:
+        pending = self._pending()
+        if journal is None or submitter is None or pending is None:
             return
         now = time.time()
-        summary = journal.pending_summary()
-        for name in self.cfg.distributions:
-            count, oldest = summary.get(name, (0, now))
-            self.metrics.pending.labels(name).set(count)
-            self.metrics.oldest_pending.labels(name).set(max(0.0, now - oldest) if count else 0)
-            flight = journal.in_flight(name) + submitter.states[name].external
-            self.metrics.in_flight.labels(name, "file").set(flight.files)
-            self.metrics.in_flight.labels(name, "wildcard").set(flight.wildcards)
-        self.metrics.set_billed(journal.billed_this_month())
-        self.notifier.status(self._status_text())
+        try:
+            for name in self.cfg.distributions:
+                count, oldest = pending[name]
+                self.metrics.pending.labels(name).set(count)
+                self.metrics.oldest_pending.labels(name).set(
+                    max(0.0, now - oldest) if oldest is not None else 0
+                )
+                flight = journal.in_flight(name) + submitter.states[name].external
+                self.metrics.in_flight.labels(name, "file").set(flight.files)
+                self.metrics.in_flight.labels(name, "wildcard").set(flight.wildcards)
+            self.metrics.set_billed(journal.billed_this_month())
+        except InvalidatordError:
+            return
+        self._count_overflows()
+        ok, body = self.health()
+        self.metrics.healthy.set(1 if ok else 0)
+        for name, state in body["sources"].items():
+            self.metrics.source_healthy.labels(name).set(1 if state == "ok" else 0)
+        for name, state in body["distributions"].items():
+            self.metrics.distribution_healthy.labels(name).set(1 if state == "ok" else 0)
 
-    def _status_text(self) -> str:
-        if self.journal is None:
-            return "starting"
-        flight = sum(
-            (self.journal.in_flight(n).files + self.journal.in_flight(n).wildcards)
-            for n in self.cfg.distributions
-        )
-        return f"{self.journal.pending_count()} paths pending, {flight} in flight"
+    def _tick(self) -> None:
+        self.refresh_gauges()
+        self.notifier.status(self.status_text())
+
+    def status_text(self) -> str:
+        """One line for `systemctl status`."""
+        pending = self._pending()
+        journal = self.journal
+        if pending is None or journal is None:
+            return self.phase
+        try:
+            flight = sum(
+                journal.in_flight(n).files + journal.in_flight(n).wildcards
+                for n in self.cfg.distributions
+            )
+        except InvalidatordError:
+            return self.phase
+        text = f"{sum(c for c, _ in pending.values())} paths pending, {flight} in flight"
+        ok, body = self.health()
+        if not ok:
+            text += "; unhealthy: " + "; ".join(body.get("reasons", []))
+        return text
 
     def _heartbeat(self) -> None:
-        """Called by the pipeline loop each turn: a wedged pipeline stops the watchdog pings."""
-        if not self._watchdog_every:
-            return
-        now = time.monotonic()
-        if now - self._last_watchdog >= self._watchdog_every:
-            self._last_watchdog = now
-            self.notifier.watchdog()
+        """Called by the pipeline loop each turn: a wedged pipeline stops the watchdog pings.
+        systemd starts the watchdog once READY=1 is sent, so nothing is sent before."""
+        if self.ready.is_set():
+            self.notifier.watchdog()  # rate-limits itself to a quarter of the interval
 
     def _start_http(self) -> None:
         listen = self.cfg.metrics.listen
-        if not listen:
+        http, self.http = self.http, None
+        if http is not None and http.listen == listen:
+            http.daemon = self
+            self.http = http
             return
-        host, _, port = listen.rpartition(":")
-        host = host.strip("[]")
-        daemon = self
+        if http is not None:
+            http.close()
+        address = self.cfg.metrics.address
+        if listen is None or address is None:
+            return
+        self.http = StatusServer(listen, address, self)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.split("?")[0] == "/healthz":
-                    ok, body = daemon.health()
-                    self._send(200 if ok else 503, "application/json", json.dumps(body).encode())
-                elif self.path.split("?")[0] == "/metrics":
-                    daemon._refresh_gauges()
-                    self._send(200, CONTENT_TYPE_LATEST, generate_latest(daemon.metrics.registry))
-                else:
-                    self._send(404, "text/plain", b"not found\n")
-
-            def _send(self, code: int, ctype: str, body: bytes) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        server_class = ThreadingHTTPServer
-        if ":" in host:
-            import socket
-
-            class V6Server(ThreadingHTTPServer):
-                address_family = socket.AF_INET6
-
-            server_class = V6Server
-        self.http = server_class((host, int(port)), Handler)
-        self.http.daemon_threads = True
-        self.http_address = self.http.server_address[:2]  # type: ignore[assignment]
-        threading.Thread(target=self.http.serve_forever, name="http", daemon=True).start()
+    def release_http(self) -> StatusServer | None:
+        """Hand the HTTP endpoint over to the next daemon (a reload)."""
+        http, self.http = self.http, None
+        return http
 
     # ---- stop --------------------------------------------------------------------------------
 
-    def stop(self) -> None:
-        """The shutdown order in the module docstring."""
-        self._stopping = True
-        self.notifier.stopping()
-        log.info("daemon_stopping")
+    def stop(self, *, reloading: bool = False, drain: bool = True) -> None:
+        """The shutdown order in the module docstring. A reload (`reloading`) sends no
+        STOPPING=1 and keeps the HTTP endpoint for the next daemon (`release_http`);
+        `drain=False` leaves pending work in the journal for the next daemon."""
+        if self._stopped:
+            return
+        self.phase = "reloading" if reloading else "stopping"
+        if not reloading:
+            self.notifier.stopping()
+        log.info("daemon_stopping", reloading=reloading)
         for source in self.sources.values():
             try:
                 source.stop()
@@ -408,24 +748,58 @@ class Daemon:
                 log.exception("source_stop_failed", source=source.name)
         if self.pipeline is not None:
             self.pipeline.stop()
-        if self.submitter is not None:
-            self.submitter.stop()
-            done = self.submitter.drain(time.monotonic() + self.cfg.shutdown_timeout)
-            if self.journal is not None:
-                log.info(
-                    "daemon_stopped",
-                    drained=done,
-                    pending_kept=self.journal.pending_count(),
-                )
+        finished = self._stop_submitter(drain=drain and self._started)
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
-        if self.http is not None:
-            self.http.shutdown()
-            self.http.server_close()
-        if self.journal is not None:
+        self._stopped = True
+        if self.http is not None and not reloading:
+            self.http.close()
+            self.http = None
+        if self.journal is not None and finished:
+            # An abandoned drain may still be inside a journal call: leave the connection to
+            # the process exit (every commit is already durable).
             self.journal.close()
         if self._lock is not None:
             self._lock.release()
+        self.phase = "stopped" if not reloading else "reloading"
+
+    def _stop_submitter(self, *, drain: bool) -> bool:
+        """Stop the submitter and (with `drain`) submit what is pending, all within
+        `shutdown_timeout`. False when the deadline passed with a CloudFront call unfinished."""
+        submitter, journal = self.submitter, self.journal
+        if submitter is None or journal is None:
+            return True
+        deadline = time.monotonic() + self.cfg.shutdown_timeout
+        outcome: dict[str, bool] = {}
+
+        def work() -> None:
+            submitter.stop()  # waits for the call in progress, if any
+            outcome["drained"] = submitter.drain(deadline) if drain else False
+
+        worker = threading.Thread(target=work, name="drain", daemon=True)
+        worker.start()
+        worker.join(max(0.0, deadline - time.monotonic()) + 0.2)
+        finished = not worker.is_alive()
+        try:
+            kept = journal.pending_count() + sum(len(b.paths) for b in journal.batches(PLANNED))
+        except InvalidatordError:
+            kept = -1
+        if not finished:
+            log.warning(
+                "drain_abandoned",
+                timeout=self.cfg.shutdown_timeout,
+                reason="a CloudFront call was still running at the deadline",
+                pending_kept=kept,
+            )
+        log.info(
+            "daemon_stopped",
+            drained=outcome.get("drained", False) if drain else None,
+            pending_kept=kept,
+        )
+        return finished
+
+
+# ---- the process ----------------------------------------------------------------------------
 
 
 def run(
@@ -435,8 +809,9 @@ def run(
     reload: Callable[[], Config] | None = None,
     on_ready: Callable[[Daemon], None] | None = None,
 ) -> int:
-    """Run until SIGTERM/SIGINT. SIGHUP reloads the config through `reload`: a config that does
-    not load is logged with the same messages `check` prints and the old one keeps running."""
+    """Run until SIGTERM/SIGINT (then return 0). SIGHUP reloads the config through `reload`:
+    a config that does not load is logged with the same messages `check` prints and the old
+    one keeps running. Raises what a failed start raises (the CLI turns it into exit 1)."""
     events: list[str] = []
     wake = threading.Event()
 
@@ -464,23 +839,55 @@ def run(
                 log.info("signal_received", signal=name)
                 daemon.stop()
                 return 0
-            if name == "SIGHUP" and reload is not None:
-                daemon = _reload(daemon, reload, dry_run)
+            if name == "SIGHUP":
+                log.info("signal_received", signal=name)
+                if reload is not None:
+                    daemon = _reload(daemon, reload, dry_run)
 
 
 def _reload(daemon: Daemon, reload: Callable[[], Config], dry_run: bool) -> Daemon:
     daemon.notifier.reloading()
+    old_cfg = daemon.cfg
     try:
         new_cfg = reload()
     except InvalidatordError as exc:
         for line in str(exc).splitlines():
             log.error("reload_rejected", problem=line)
         log.warning("reload_kept_old_config")
-        daemon.notifier.ready(daemon._status_text())
+        daemon.notifier.ready(daemon.status_text())
         return daemon
     log.info("reload_started")
-    daemon.stop()
-    fresh = Daemon(new_cfg, dry_run=dry_run, notifier=daemon.notifier)
-    fresh.start()
+    if new_cfg.log != old_cfg.log:
+        logs.configure(new_cfg.log.format, new_cfg.log.level)
+    # Same journal: the next daemon resumes its pending work. Another one: drain this one's.
+    daemon.stop(reloading=True, drain=new_cfg.state_dir != old_cfg.state_dir)
+    fresh = Daemon(
+        new_cfg,
+        dry_run=dry_run,
+        notifier=daemon.notifier,
+        metrics=daemon.metrics,
+        http=daemon.release_http(),
+    )
+    try:
+        fresh.start()
+    except InvalidatordError as exc:
+        log.error("reload_failed", error=str(exc))
+        fresh.stop(reloading=True, drain=False)
+        if new_cfg.log != old_cfg.log:
+            logs.configure(old_cfg.log.format, old_cfg.log.level)
+        again = Daemon(
+            old_cfg,
+            dry_run=dry_run,
+            notifier=daemon.notifier,
+            metrics=daemon.metrics,
+            http=fresh.release_http(),
+        )
+        try:
+            again.start()
+        except BaseException:
+            again.stop()
+            raise
+        log.warning("reload_kept_old_config")
+        return again
     log.info("reload_done")
     return fresh

@@ -1,8 +1,25 @@
-"""Prometheus metrics (one registry per daemon, so tests can run several in one process)."""
+"""Prometheus metrics (one registry per daemon, so tests can run several in one process).
+
+Every family is listed in `FAMILIES` with its labels; `deploy/grafana-dashboard.json` and
+`deploy/alerts.yml` query only these. `Metrics.declare` creates the labelled series of the
+configured sources and distributions at zero, so a family is on /metrics from the first scrape
+(an alert on `increase(...)` needs the zero before the first overflow or error, not after).
+
+Who records what: the pipeline counts changes, accepted paths and rescans; the submitter counts
+submissions, submitted paths, rejected paths and the errors of CreateInvalidation, and observes
+both histograms; the daemon counts the errors of every other CloudFront call, watcher overflows
+(from each filesystem source's own count) and sets every gauge (`Daemon.refresh_gauges`, on
+each scrape and every few seconds).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from invalidatord import __version__
+from invalidatord.model import ChangeKind
 
 #: CloudFront's price per path past the monthly free tier (USD), and the free tier itself.
 PRICE_PER_PATH = 0.005
@@ -11,11 +28,47 @@ FREE_PATHS_PER_MONTH = 1000
 _LATENCY_BUCKETS = (0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300, 600)
 _COMPLETION_BUCKETS = (5, 10, 30, 60, 120, 300, 600, 1200, 2400, 3600)
 
+#: Path kinds as CloudFront counts them against its in-flight limits.
+PATH_KINDS = ("file", "wildcard")
+#: Why a tree was rescanned: the whole root ("tree": start-up catch-up, overflow, periodic
+#: safety net) or one directory ("subtree": a directory created, deleted or moved).
+RESCAN_REASONS = ("tree", "subtree")
+
+#: Every family on /metrics (the name Prometheus shows) -> its labels.
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "invalidatord_build_info": ("version",),
+    "invalidatord_changes_total": ("source", "kind"),
+    "invalidatord_paths_accepted_total": ("distribution",),
+    "invalidatord_invalidations_submitted_total": ("distribution",),
+    "invalidatord_paths_submitted_total": ("distribution", "kind"),
+    "invalidatord_paths_rejected_total": ("distribution",),
+    "invalidatord_api_errors_total": ("distribution", "code"),
+    "invalidatord_pending_paths": ("distribution",),
+    "invalidatord_oldest_pending_age_seconds": ("distribution",),
+    "invalidatord_paths_in_flight": ("distribution", "kind"),
+    "invalidatord_change_to_submit_seconds": ("distribution",),
+    "invalidatord_submit_to_complete_seconds": ("distribution",),
+    "invalidatord_paths_billed_this_month": (),
+    "invalidatord_estimated_cost_this_month_usd": (),
+    "invalidatord_watcher_overflows_total": ("source",),
+    "invalidatord_rescans_total": ("source", "reason"),
+    "invalidatord_last_submission_timestamp_seconds": ("distribution",),
+    "invalidatord_source_healthy": ("source",),
+    "invalidatord_distribution_healthy": ("distribution",),
+    "invalidatord_healthy": (),
+}
+
 
 class Metrics:
+    """The daemon's metric families, in their own registry."""
+
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
         p = "invalidatord_"
+        self.build_info = Gauge(
+            p + "build_info", "Always 1; the version is a label", ["version"], registry=r
+        )
+        self.build_info.labels(__version__).set(1)
         self.changes = Counter(
             p + "changes", "Changes seen, per source and kind", ["source", "kind"], registry=r
         )
@@ -32,7 +85,10 @@ class Metrics:
             registry=r,
         )
         self.api_errors = Counter(
-            p + "api_errors", "CloudFront API errors by code", ["distribution", "code"], registry=r
+            p + "api_errors",
+            "Failed CloudFront API calls (after botocore's retries) by error code",
+            ["distribution", "code"],
+            registry=r,
         )
         self.rejected = Counter(
             p + "paths_rejected",
@@ -41,11 +97,14 @@ class Metrics:
             registry=r,
         )
         self.pending = Gauge(
-            p + "pending_paths", "Paths waiting to be submitted", ["distribution"], registry=r
+            p + "pending_paths",
+            "Paths accepted and not yet submitted (queued or in a batch still being sent)",
+            ["distribution"],
+            registry=r,
         )
         self.oldest_pending = Gauge(
             p + "oldest_pending_age_seconds",
-            "Age of the oldest pending path",
+            "Age of the oldest change whose paths are not yet submitted (0 when none)",
             ["distribution"],
             registry=r,
         )
@@ -69,23 +128,88 @@ class Metrics:
             buckets=_COMPLETION_BUCKETS,
             registry=r,
         )
-        self.billed = Gauge(p + "paths_billed_this_month", "Paths submitted this month", registry=r)
+        self.billed = Gauge(
+            p + "paths_billed_this_month", "Paths submitted this calendar month (UTC)", registry=r
+        )
         self.cost = Gauge(
             p + "estimated_cost_this_month_usd",
             "Estimated invalidation cost this month (past the free 1,000 paths)",
             registry=r,
         )
         self.overflows = Counter(
-            p + "watcher_overflows", "Inotify queue overflows", ["source"], registry=r
+            p + "watcher_overflows",
+            "Inotify queue overflows (each one is followed by a full rescan)",
+            ["source"],
+            registry=r,
         )
-        self.rescans = Counter(p + "rescans", "Tree rescans run", ["source", "reason"], registry=r)
+        self.rescans = Counter(
+            p + "rescans", "Tree rescans run (tree = whole root)", ["source", "reason"], registry=r
+        )
         self.last_success = Gauge(
             p + "last_submission_timestamp_seconds",
             "Unix time of the last successful submission",
             ["distribution"],
             registry=r,
         )
+        self.source_healthy = Gauge(
+            p + "source_healthy",
+            "1 while the source watches or receives as configured",
+            ["source"],
+            registry=r,
+        )
+        self.distribution_healthy = Gauge(
+            p + "distribution_healthy",
+            "1 while CloudFront answers for the distribution with these credentials",
+            ["distribution"],
+            registry=r,
+        )
+        self.healthy = Gauge(p + "healthy", "1 when GET /healthz answers 200", registry=r)
+
+    def declare(
+        self,
+        *,
+        distributions: Iterable[str],
+        sources: Iterable[str],
+        tree_sources: Iterable[str] = (),
+    ) -> None:
+        """Create every labelled series whose labels are known from the config, at zero.
+        `tree_sources` are the sources that can overflow and be rescanned (filesystem)."""
+        for source in sources:
+            for kind in ChangeKind:
+                self.changes.labels(source, kind.value)
+            self.source_healthy.labels(source)
+        for source in tree_sources:
+            self.overflows.labels(source)
+            for reason in RESCAN_REASONS:
+                self.rescans.labels(source, reason)
+        for name in distributions:
+            self.accepted.labels(name)
+            self.submitted.labels(name)
+            self.rejected.labels(name)
+            self.pending.labels(name)
+            self.oldest_pending.labels(name)
+            self.to_submit.labels(name)
+            self.to_complete.labels(name)
+            self.distribution_healthy.labels(name)
+            for path_kind in PATH_KINDS:
+                self.paths_submitted.labels(name, path_kind)
+                self.in_flight.labels(name, path_kind)
+
+    def forget(self, *, distributions: Iterable[str], sources: Iterable[str]) -> None:
+        """Drop the gauges of distributions and sources no longer configured (after a reload):
+        a gauge left behind would report a stale value forever. Counters stay, as counters do."""
+        keep_d, keep_s = set(distributions), set(sources)
+        for gauge in (self.pending, self.oldest_pending, self.last_success, self.in_flight):
+            _remove_unless(gauge, 0, keep_d)
+        _remove_unless(self.distribution_healthy, 0, keep_d)
+        _remove_unless(self.source_healthy, 0, keep_s)
 
     def set_billed(self, paths: int) -> None:
         self.billed.set(paths)
         self.cost.set(max(0, paths - FREE_PATHS_PER_MONTH) * PRICE_PER_PATH)
+
+
+def _remove_unless(gauge: Gauge, position: int, keep: set[str]) -> None:
+    for labels in list(gauge._metrics):  # prometheus_client offers no public listing
+        if labels[position] not in keep:
+            gauge.remove(*labels)
