@@ -54,6 +54,7 @@ __all__ = [
     "LogConfig",
     "MetricsConfig",
     "RuleConfig",
+    "S3PollSourceConfig",
     "SourceConfig",
     "SqsSourceConfig",
     "config_warnings",
@@ -393,8 +394,35 @@ class SqsSourceConfig(_Model):
         return value
 
 
+class S3PollSourceConfig(_Model):
+    """A bucket (or a prefix of one) listed every `interval` and compared with the previous
+    listing: for buckets without event notifications, or as a safety net beside them."""
+
+    name: str
+    type: Literal["s3-poll"]
+    bucket: str
+    #: only keys under it; stripped from the path ("" = every key)
+    prefix: str = ""
+    #: time between the end of one listing and the start of the next
+    interval: Duration = 300.0
+
+    @field_validator("name", "bucket")
+    @classmethod
+    def _not_empty(cls, value: str) -> str:
+        return _check_not_empty(value)
+
+    @field_validator("interval")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be more than 0")
+        return value
+
+
 #: One entry of `sources`, told apart by its `type` key.
-SourceConfig = Annotated[FilesystemSourceConfig | SqsSourceConfig, Field(discriminator="type")]
+SourceConfig = Annotated[
+    FilesystemSourceConfig | SqsSourceConfig | S3PollSourceConfig, Field(discriminator="type")
+]
 
 
 def _distribution_names(value: object) -> str | list[str] | None:
@@ -578,7 +606,7 @@ class Config(_Model):
             for i, rule in enumerate(self.rules)
         )
 
-    def source(self, name: str) -> FilesystemSourceConfig | SqsSourceConfig:
+    def source(self, name: str) -> FilesystemSourceConfig | SqsSourceConfig | S3PollSourceConfig:
         """The source called `name`; KeyError if there is none."""
         for source in self.sources:
             if source.name == name:
@@ -1087,7 +1115,7 @@ def config_warnings(cfg: Config) -> list[str]:
                         "journal writes would be seen as changes",
                     )
                 )
-        elif source.wait_time == 0:
+        elif isinstance(source, SqsSourceConfig) and source.wait_time == 0:
             found.append(
                 (("sources", i, "wait_time"), "0 turns long polling off: many more SQS requests")
             )

@@ -19,6 +19,7 @@ from invalidatord.config import (
     DistributionConfig,
     FilesystemSourceConfig,
     RuleConfig,
+    S3PollSourceConfig,
     SqsSourceConfig,
     config_warnings,
     default_config_path,
@@ -242,12 +243,18 @@ CASES: list[tuple[str, str, list[str]]] = [
     (
         "missing source type",
         VALID.replace("    type: filesystem\n", ""),
-        ["config.yaml:5: sources[0].type: required key missing (expected one of: filesystem, sqs)"],
+        [
+            "config.yaml:5: sources[0].type: required key missing "
+            "(expected one of: filesystem, sqs, s3-poll)"
+        ],
     ),
     (
         "unknown source type",
         VALID.replace("type: filesystem", "type: ftp"),
-        ["config.yaml:6: sources[0].type: unknown type 'ftp' (expected one of: filesystem, sqs)"],
+        [
+            "config.yaml:6: sources[0].type: unknown type 'ftp' "
+            "(expected one of: filesystem, sqs, s3-poll)"
+        ],
     ),
     (
         "empty sources",
@@ -276,6 +283,24 @@ CASES: list[tuple[str, str, list[str]]] = [
         [
             "config.yaml:11: sources[1].wait_time: must be at most 20s "
             "(the SQS long-polling limit), got 25s"
+        ],
+    ),
+    (
+        "S3 poll source without a bucket",
+        VALID + "  - name: b\n    type: s3-poll\n    prefix: site/\n",
+        ["config.yaml:8: sources[1].bucket: required key missing"],
+    ),
+    (
+        "S3 poll interval of zero",
+        VALID + "  - name: b\n    type: s3-poll\n    bucket: site\n    interval: 0\n",
+        ["config.yaml:11: sources[1].interval: must be more than 0"],
+    ),
+    (
+        "S3 poll source with an SQS key",
+        VALID + "  - name: b\n    type: s3-poll\n    bucket: site\n    wait_time: 5s\n",
+        [
+            "config.yaml:11: sources[1].wait_time: unknown key 'wait_time' "
+            "(expected one of: name, type, bucket, prefix, interval)"
         ],
     ),
     (
@@ -566,6 +591,22 @@ def test_every_section_parses_its_values(workdir: Path) -> None:
     assert cfg.metrics.address == ("::1", 0)
     assert (cfg.log.level, cfg.log.format) == ("debug", "json")
     assert cfg.source("q") is sqs
+
+
+def test_s3_poll_source_parses_with_its_defaults(workdir: Path) -> None:
+    """An s3-poll source needs only a bucket: prefix "" and a 5-minute interval by default;
+    it draws no warning (it has no wait_time to be 0)."""
+    text = VALID + (
+        "  - {name: b, type: s3-poll, bucket: site-bucket}\n"
+        "  - {name: c, type: s3-poll, bucket: other, prefix: public/, interval: 30s}\n"
+    )
+    cfg = load_config_text(text, base_dir=workdir)
+    b, c = cfg.source("b"), cfg.source("c")
+    assert isinstance(b, S3PollSourceConfig)
+    assert isinstance(c, S3PollSourceConfig)
+    assert (b.bucket, b.prefix, b.interval) == ("site-bucket", "", 300.0)
+    assert (c.bucket, c.prefix, c.interval) == ("other", "public/", 30.0)
+    assert config_warnings(cfg) == []
 
 
 def test_config_is_frozen(workdir: Path) -> None:
