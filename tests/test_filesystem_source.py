@@ -1,0 +1,886 @@
+"""The filesystem source on real files: real inotify (and polling) in tmp_path, real git and
+vim where installed, a real kernel queue overflow where the queue size can be lowered."""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pathspec
+import pytest
+import structlog
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from invalidatord.contracts import Source, TreeScanner
+from invalidatord.errors import SourceError
+from invalidatord.model import Change, ChangeKind, FileStat
+from invalidatord.sources.filesystem import (
+    DEFAULT_IGNORE,
+    OVERFLOW_LOGGER,
+    OVERFLOW_MESSAGE,
+    FilesystemSource,
+)
+from invalidatord.sources.memory import MemorySource
+from tests.waiting import wait_for
+
+K = ChangeKind
+#: The ignore list of the design card's example config (no `4913`).
+DESIGN_IGNORE = (".git/", "*.swp", "*~", ".#*")
+SETTLE = "zz-settled"
+
+
+class Collector:
+    """A thread-safe sink that remembers every change delivered."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._changes: list[Change] = []
+
+    def __call__(self, change: Change) -> None:
+        with self._lock:
+            self._changes.append(change)
+
+    @property
+    def changes(self) -> list[Change]:
+        with self._lock:
+            return [c for c in self._changes if not c.path.startswith(SETTLE)]
+
+    def paths(self, *kinds: ChangeKind) -> set[str]:
+        return {c.path for c in self.changes if not kinds or c.kind in kinds}
+
+    def mark(self) -> int:
+        """A position for `has`/`wait(since=...)`: only changes delivered after it count."""
+        with self._lock:
+            return len(self._changes)
+
+    def has(self, path: str, *kinds: ChangeKind, since: int = 0) -> bool:
+        with self._lock:
+            return any(
+                c.path == path and (not kinds or c.kind in kinds) for c in self._changes[since:]
+            )
+
+    def wait(self, path: str, *kinds: ChangeKind, since: int = 0, timeout: float = 5.0) -> None:
+        wait_for(
+            lambda: self.has(path, *kinds, since=since),
+            timeout,
+            what=f"{path!r} {kinds or 'any'}",
+        )
+
+
+Start = Callable[..., FilesystemSource]
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    docroot = tmp_path / "docroot"
+    docroot.mkdir()
+    return docroot
+
+
+@pytest.fixture
+def sink() -> Collector:
+    return Collector()
+
+
+@pytest.fixture
+def start(root: Path, sink: Collector) -> Iterator[Start]:
+    """Builds and starts a source on `root` delivering to `sink`; stops them all at the end."""
+    started: list[FilesystemSource] = []
+
+    def _start(**kwargs: Any) -> FilesystemSource:
+        kwargs.setdefault("ignore", DEFAULT_IGNORE)
+        source = FilesystemSource("docroot", kwargs.pop("root", root), sink, **kwargs)
+        started.append(source)
+        source.start()
+        return source
+
+    yield _start
+    for source in started:
+        source.stop()
+
+
+_settle_count = 0
+
+
+def settle(root: Path, sink: Collector) -> None:
+    """Wait until every event caused so far has been delivered: inotify reports in order, so
+    once a file written now arrives, everything before it has (unpaired moves included)."""
+    global _settle_count
+    _settle_count += 1
+    marker = f"{SETTLE}-{_settle_count}"
+    (root / marker).write_bytes(b"")
+    sink.wait(marker, K.CREATED)
+
+
+# -- single files -------------------------------------------------------------------------
+
+
+def test_created_file_arrives_as_created_then_modified(
+    start: Start, root: Path, sink: Collector
+) -> None:
+    """Writing a new file delivers CREATED and, on close after writing, MODIFIED."""
+    start()
+    (root / "page.html").write_text("hello")
+    sink.wait("page.html", K.MODIFIED)
+    kinds = [c.kind for c in sink.changes if c.path == "page.html"]
+    assert kinds == [K.CREATED, K.MODIFIED]
+    change = sink.changes[0]
+    assert change.source == "docroot"
+    assert change.seen > 0
+    assert change.receipt is None
+
+
+def test_append_to_existing_file_is_modified(start: Start, root: Path, sink: Collector) -> None:
+    """Appending to a file that existed before start delivers MODIFIED (on close)."""
+    (root / "log.txt").write_text("one\n")
+    start()
+    with (root / "log.txt").open("a") as f:
+        f.write("two\n")
+    sink.wait("log.txt", K.MODIFIED)
+    assert sink.paths(K.CREATED) == set()
+
+
+def test_reads_and_attribute_changes_deliver_nothing(
+    start: Start, root: Path, sink: Collector
+) -> None:
+    """Opening, reading and chmod-ing a file are not changes (not in the inotify mask)."""
+    (root / "page.html").write_text("x")
+    start()
+    (root / "page.html").read_text()
+    os.chmod(root / "page.html", 0o600)
+    settle(root, sink)
+    assert sink.changes == []
+
+
+def test_deleted_file_is_deleted(start: Start, root: Path, sink: Collector) -> None:
+    """Removing a file delivers DELETED."""
+    (root / "gone.html").write_text("x")
+    start()
+    (root / "gone.html").unlink()
+    sink.wait("gone.html", K.DELETED)
+
+
+def test_rename_reports_both_ends_as_moved(start: Start, root: Path, sink: Collector) -> None:
+    """A rename inside the tree is a change of its source and of its destination."""
+    (root / "sub").mkdir()
+    (root / "old.html").write_text("x")
+    start()
+    os.rename(root / "old.html", root / "sub" / "new.html")
+    sink.wait("sub/new.html", K.MOVED)
+    assert sink.has("old.html", K.MOVED)
+
+
+def test_file_moved_out_of_the_tree_is_deleted_and_moved_in_is_created(
+    start: Start, root: Path, tmp_path: Path, sink: Collector
+) -> None:
+    """A file renamed out of the watched tree is DELETED; one renamed into it is CREATED."""
+    (root / "leaving.html").write_text("x")
+    (tmp_path / "arriving.html").write_text("y")
+    start()
+    os.rename(root / "leaving.html", tmp_path / "left.html")
+    os.rename(tmp_path / "arriving.html", root / "arrived.html")
+    sink.wait("arrived.html", K.CREATED)
+    sink.wait("leaving.html", K.DELETED)
+
+
+@pytest.mark.parametrize("temp_ignored", [False, True], ids=["temp-seen", "temp-ignored"])
+def test_rsync_temp_file_renamed_over_the_page(
+    start: Start, root: Path, sink: Collector, temp_ignored: bool
+) -> None:
+    """rsync writes `.page.html.Ab12Cd` and renames it to `page.html`: page.html arrives
+    whether or not the temporary name is ignored, and the ignored end is dropped."""
+    ignore = [*DEFAULT_IGNORE, ".page.html.*"] if temp_ignored else list(DEFAULT_IGNORE)
+    (root / "page.html").write_text("old")
+    start(ignore=ignore)
+    temp = root / ".page.html.Ab12Cd"
+    temp.write_text("new")
+    os.rename(temp, root / "page.html")
+    sink.wait("page.html", K.MOVED)
+    settle(root, sink)
+    temp_changes = {c.kind for c in sink.changes if c.path == ".page.html.Ab12Cd"}
+    if temp_ignored:
+        assert temp_changes == set()
+    else:
+        assert temp_changes == {K.CREATED, K.MODIFIED, K.MOVED}
+    assert sink.paths() <= {"page.html", ".page.html.Ab12Cd"}
+
+
+def vim_save(root: Path) -> None:
+    """What vim does on disk to edit and `:wq` page.html (writebackup, backupcopy=no)."""
+    swap = root / ".page.html.swp"
+    swap.write_bytes(b"swap")  # the file is opened
+    with swap.open("r+b") as f:  # swap churn while editing
+        f.write(b"edits")
+    probe = root / "4913"  # can vim create files in this directory?
+    probe.write_bytes(b"")
+    probe.unlink()
+    os.rename(root / "page.html", root / "page.html~")  # the backup
+    (root / "page.html").write_text("new content")
+    (root / "page.html~").unlink()  # nobackup: the backup goes once the write succeeded
+    swap.unlink()  # :q
+
+
+def test_vim_save_with_default_ignore(start: Start, root: Path, sink: Collector) -> None:
+    """A vim save delivers page.html and nothing of the swap file, the backup or the probe."""
+    (root / "page.html").write_text("old")
+    start()
+    vim_save(root)
+    settle(root, sink)
+    assert sink.has("page.html", K.CREATED)
+    assert sink.has("page.html", K.MODIFIED)
+    assert sink.paths() == {"page.html"}
+
+
+def test_vim_probe_without_4913_in_ignore_is_only_seen(
+    start: Start, root: Path, sink: Collector
+) -> None:
+    """With the design card's list (no `4913`), the probe arrives only as created and deleted,
+    and is gone from disk: the pipeline drops it (neither on disk at flush nor indexed)."""
+    (root / "page.html").write_text("old")
+    start(ignore=DESIGN_IGNORE)
+    vim_save(root)
+    settle(root, sink)
+    assert {c.kind for c in sink.changes if c.path == "4913"} == {K.CREATED, K.MODIFIED, K.DELETED}
+    assert not (root / "4913").exists()
+    assert sink.paths() == {"page.html", "4913"}
+
+
+#: vim without user config or viminfo, in ex mode: append a line, write, quit.
+VIM_EDIT = ["vim", "-u", "NONE", "-i", "NONE", "-N", "-es", "-c", "normal Gonew", "-c", "wq"]
+
+
+@pytest.mark.skipif(shutil.which("vim") is None, reason="vim is not installed")
+def test_real_vim_edit(start: Start, root: Path, sink: Collector) -> None:
+    """A real vim edit-and-write delivers page.html and no swap-file paths."""
+    (root / "page.html").write_text("old\n")
+    start()
+    subprocess.run(
+        [*VIM_EDIT, "page.html"],
+        cwd=root,
+        stdin=subprocess.DEVNULL,
+        timeout=30,
+        check=True,
+    )
+    assert (root / "page.html").read_text() == "old\nnew\n"
+    sink.wait("page.html")
+    settle(root, sink)
+    assert not any(p.endswith((".swp", "~")) for p in sink.paths())
+    assert "page.html" in sink.paths()
+
+
+def test_non_utf8_name_keeps_its_bytes(start: Start, root: Path, sink: Collector) -> None:
+    """A latin-1 file name arrives decoded with surrogateescape, and maps back to its bytes."""
+    raw = b"caf\xe9.html"
+    start()
+    fd = os.open(os.path.join(os.fsencode(root), raw), os.O_CREAT | os.O_WRONLY, 0o644)
+    os.write(fd, b"x")
+    os.close(fd)
+    name = os.fsdecode(raw)
+    assert name == "caf\udce9.html"
+    sink.wait(name, K.MODIFIED)
+    assert os.fsencode(name) == raw
+    assert dict(FilesystemSource("docroot", root, sink).scan()).keys() == {name}
+
+
+# -- ignore -------------------------------------------------------------------------------
+
+
+def test_git_directory_is_ignored_at_any_depth(start: Start, root: Path, sink: Collector) -> None:
+    """`.git/` ignores the directory, everything under it and nested ones; `.gitignore` and
+    `gitx/` are not ignored."""
+    start()
+    for git in (root / ".git", root / "vendor" / "lib" / ".git"):
+        (git / "objects" / "ab").mkdir(parents=True)
+        (git / "objects" / "ab" / "cdef").write_text("blob")
+        (git / "HEAD.lock").write_text("ref")
+        os.rename(git / "HEAD.lock", git / "HEAD")
+    (root / ".gitignore").write_text("x")
+    (root / "gitx").mkdir()
+    (root / "gitx" / "a").write_text("x")
+    settle(root, sink)
+    assert not any(p == ".git" or ".git/" in p for p in sink.paths())
+    assert {".gitignore", "gitx/a"} <= sink.paths()
+    assert {"vendor", "vendor/lib"} <= sink.paths(K.RESCAN)
+
+
+def test_is_ignored_follows_gitignore_rules(root: Path, sink: Collector) -> None:
+    """is_ignored applies the list gitignore-style, anchored and unanchored patterns alike."""
+    source = FilesystemSource(
+        "docroot", root, sink, ignore=[*DEFAULT_IGNORE, "/cache/", "docs/*.tmp", "build"]
+    )
+    ignored = [".git/HEAD", "a/.git/x/y", "p.swp", "d/p.html~", ".#p", "d/4913"]
+    ignored += ["cache/a", "docs/x.tmp", "build", "a/build/x"]
+    kept = ["page.html", ".gitignore", "gitx/a", "x/cache/a", "x/docs/x.tmp", "docs/a/x.tmp"]
+    assert [p for p in ignored if not source.is_ignored(p)] == []
+    assert [p for p in kept if source.is_ignored(p)] == []
+    assert not FilesystemSource("docroot", root, sink).is_ignored(".git/HEAD")
+
+
+def test_negated_pattern_is_honoured(start: Start, root: Path, sink: Collector) -> None:
+    """With a `!pattern` the ignore decision is pathspec's own: `*.log` but `!keep.log`."""
+    start(ignore=["*.log", "!keep.log"])
+    (root / "drop.log").write_text("x")
+    (root / "keep.log").write_text("x")
+    settle(root, sink)
+    assert sink.paths() == {"keep.log"}
+
+
+pattern_sets = st.sampled_from(
+    [
+        list(DEFAULT_IGNORE),
+        ["/cache/", "docs/*.tmp", "a/**/b", "build", "*.min.*", "[ab]?.css"],
+        ["*.log", "!keep.log", "tmp/"],
+        ["**/node_modules/", "x/*/y", "\\#lit", "sp ace"],
+    ]
+)
+rel_paths = st.lists(
+    st.sampled_from(
+        [
+            *(".git", "a", "b", "cache", "docs", "build", "x", "y", "x.tmp", "p.swp", "q~"),
+            *(".#r", "4913", "keep.log", "d.log", "node_modules", "tmp", "a.min.js", "ab.css"),
+            *("#lit", "sp ace", "caf\udce9"),
+        ]
+    ),
+    min_size=1,
+    max_size=5,
+).map("/".join)
+
+
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(patterns=pattern_sets, path=rel_paths)
+def test_fast_ignore_matcher_agrees_with_pathspec(
+    patterns: list[str], path: str, root: Path, sink: Collector
+) -> None:
+    """The compiled matcher decides exactly as pathspec.GitIgnoreSpec, for files and dirs."""
+    spec = pathspec.GitIgnoreSpec.from_lines(patterns)
+    source = FilesystemSource("docroot", root, sink, ignore=patterns)
+    assert source.is_ignored(path) == spec.match_file(path)
+    assert source.is_ignored(path + "/") == spec.match_file(path + "/")
+
+
+# -- directories --------------------------------------------------------------------------
+
+
+def test_directory_created_with_files(start: Start, root: Path, sink: Collector) -> None:
+    """A new directory is a RESCAN of it, and the files written into it arrive too."""
+    start()
+    (root / "new").mkdir()
+    for name in ("a.html", "b.html"):
+        (root / "new" / name).write_text(name)
+    sink.wait("new", K.RESCAN)
+    sink.wait("new/a.html", K.CREATED, K.MODIFIED)
+    sink.wait("new/b.html", K.CREATED, K.MODIFIED)
+
+
+def test_mkdir_p_and_touch_in_one_go(
+    start: Start, root: Path, sink: Collector, recwarn: pytest.WarningsRecorder
+) -> None:
+    """`mkdir -p a/b/c && touch a/b/c/f`, faster than watches can be added: the top directory
+    is rescanned, the file is still reported, and watchdog's re-watch warning (whose text
+    embeds every watch of the tree) is not printed."""
+    start()
+    for _ in range(5):
+        before = sink.mark()
+        subprocess.run(["sh", "-c", "mkdir -p a/b/c && touch a/b/c/f"], cwd=root, check=True)
+        sink.wait("a/b/c/f", K.CREATED, since=before)
+        assert sink.has("a", K.RESCAN, since=before)
+        before = sink.mark()
+        shutil.rmtree(root / "a")
+        sink.wait("a/b/c/f", K.DELETED, since=before)
+    assert [str(w.message)[:60] for w in recwarn if "Callback with id" in str(w.message)] == []
+
+
+def test_directory_moved_out_is_a_rescan(
+    start: Start, root: Path, tmp_path: Path, sink: Collector
+) -> None:
+    """A directory renamed out of the tree (inotify names none of its files) is a RESCAN of
+    its old path, so the pipeline finds its files in the index."""
+    (root / "old" / "sub").mkdir(parents=True)
+    (root / "old" / "sub" / "a.html").write_text("x")
+    start()
+    os.rename(root / "old", tmp_path / "elsewhere")
+    sink.wait("old", K.RESCAN)
+    settle(root, sink)
+    assert sink.paths() == {"old"}
+
+
+def test_directory_moved_in_is_a_rescan_and_its_files_created(
+    start: Start, root: Path, tmp_path: Path, sink: Collector
+) -> None:
+    """A directory renamed into the tree is a RESCAN of it, and its files arrive CREATED."""
+    (tmp_path / "incoming" / "sub").mkdir(parents=True)
+    (tmp_path / "incoming" / "sub" / "a.html").write_text("x")
+    (tmp_path / "incoming" / "b.html").write_text("x")
+    start()
+    os.rename(tmp_path / "incoming", root / "arrived")
+    sink.wait("arrived", K.RESCAN)
+    sink.wait("arrived/sub/a.html", K.CREATED)
+    sink.wait("arrived/b.html", K.CREATED)
+
+
+def test_directory_moved_inside_the_tree(start: Start, root: Path, sink: Collector) -> None:
+    """A directory renamed inside the tree rescans both ends and moves each file under it."""
+    (root / "v1").mkdir()
+    (root / "v1" / "a.html").write_text("x")
+    start()
+    os.rename(root / "v1", root / "v2")
+    sink.wait("v2/a.html", K.MOVED)
+    assert sink.has("v1", K.RESCAN)
+    assert sink.has("v2", K.RESCAN)
+    assert sink.has("v1/a.html", K.MOVED)
+
+
+def test_directory_deleted_is_a_rescan(start: Start, root: Path, sink: Collector) -> None:
+    """`rm -r dir` delivers DELETED for its files and a RESCAN of the directory."""
+    (root / "d").mkdir()
+    (root / "d" / "a.html").write_text("x")
+    start()
+    shutil.rmtree(root / "d")
+    sink.wait("d", K.RESCAN)
+    assert sink.has("d/a.html", K.DELETED)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_git_checkout_inside_the_root(
+    start: Start, root: Path, sink: Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real `git checkout` of another branch delivers the working-tree files it changes and
+    nothing under .git/."""
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+
+    def git(*args: str) -> None:
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+            cwd=root,
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+
+    git("init", "-q", "-b", "main")
+    (root / "index.html").write_text("main")
+    (root / "same.html").write_text("same")
+    git("add", "-A")
+    git("commit", "-q", "-m", "main")
+    git("checkout", "-q", "-b", "other")
+    (root / "index.html").write_text("other")
+    (root / "docs").mkdir()
+    (root / "docs" / "new.html").write_text("new")
+    git("add", "-A")
+    git("commit", "-q", "-m", "other")
+    git("checkout", "-q", "main")
+    start()
+    git("checkout", "-q", "other")
+    sink.wait("docs/new.html", K.CREATED, K.MODIFIED)
+    sink.wait("index.html")
+    settle(root, sink)
+    assert sink.paths() <= {"index.html", "docs", "docs/new.html"}
+    assert "same.html" not in sink.paths()
+
+
+# -- polling ------------------------------------------------------------------------------
+
+
+def test_polling_watcher_reports_each_kind(start: Start, root: Path, sink: Collector) -> None:
+    """With watcher="polling" creates, modifications, renames, deletes and new directories
+    are found by comparing snapshots every poll_interval."""
+    source = start(watcher="polling", poll_interval=0.05)
+    assert source.watcher_kind == "polling"
+    assert source.healthy
+    (root / "a.html").write_text("1")
+    sink.wait("a.html", K.CREATED)
+    (root / "a.html").write_text("22")
+    sink.wait("a.html", K.MODIFIED)
+    os.rename(root / "a.html", root / "b.html")
+    sink.wait("b.html", K.MOVED)
+    assert sink.has("a.html", K.MOVED)
+    (root / "b.html").unlink()
+    sink.wait("b.html", K.DELETED)
+    (root / "d").mkdir()
+    (root / "d" / "x.swp").write_text("x")
+    sink.wait("d", K.RESCAN)
+    assert not any(p.endswith(".swp") for p in sink.paths())
+
+
+def test_auto_falls_back_to_polling_when_inotify_fails(
+    root: Path, sink: Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under watcher="auto" an inotify failure (here: no instance left) logs
+    watcher_fallback with the reason and polls; under "inotify" it is a SourceError."""
+
+    def no_inotify(self: FilesystemSource) -> None:
+        raise OSError(errno.EMFILE, "inotify instance limit reached")
+
+    monkeypatch.setattr(FilesystemSource, "_start_inotify", no_inotify)
+    source = FilesystemSource("docroot", root, sink, poll_interval=0.05)
+    with structlog.testing.capture_logs() as logs:
+        source.start()
+    try:
+        assert source.watcher_kind == "polling"
+        assert source.healthy
+        fallback = [e for e in logs if e["event"] == "watcher_fallback"]
+        assert len(fallback) == 1
+        assert "EMFILE" in fallback[0]["reason"]
+        (root / "a.html").write_text("x")
+        sink.wait("a.html", K.CREATED)
+    finally:
+        source.stop()
+    strict = FilesystemSource("docroot", root, sink, watcher="inotify")
+    with pytest.raises(SourceError, match="inotify instance limit reached"):
+        strict.start()
+    assert not strict.healthy
+
+
+# -- overflow -----------------------------------------------------------------------------
+
+
+def test_overflow_warning_triggers_a_full_rescan(start: Start, root: Path, sink: Collector) -> None:
+    """watchdog's overflow WARNING (the exact record) counts an overflow, logs
+    watcher_overflow and delivers a RESCAN of the whole tree; other warnings do nothing."""
+    source = start(watcher="inotify")
+    watchdog_log = logging.getLogger(OVERFLOW_LOGGER)
+    with structlog.testing.capture_logs() as logs:
+        watchdog_log.warning("Unrelated warning")
+        watchdog_log.warning(OVERFLOW_MESSAGE)
+    assert source.overflows == 1
+    assert [(c.path, c.kind) for c in sink.changes] == [("", K.RESCAN)]
+    assert [e for e in logs if e["event"] == "watcher_overflow"] == [
+        {"event": "watcher_overflow", "log_level": "warning", "source": "docroot"}
+        | {"root": os.path.realpath(root), "overflows": 1}
+    ]
+
+
+def test_overflow_hook_survives_a_silenced_watchdog_logger(start: Start, sink: Collector) -> None:
+    """Logging config that disabled the watchdog logger or raised its level above WARNING
+    (`log.level: error`) does not blind the hook: start() lets the WARNING through."""
+    watchdog_log = logging.getLogger(OVERFLOW_LOGGER)
+    old_level, old_disabled = watchdog_log.level, watchdog_log.disabled
+    watchdog_log.setLevel(logging.ERROR)
+    watchdog_log.disabled = True
+    try:
+        source = start(watcher="inotify")
+        watchdog_log.warning(OVERFLOW_MESSAGE)
+        assert source.overflows == 1
+    finally:
+        watchdog_log.setLevel(old_level)
+        watchdog_log.disabled = old_disabled
+
+
+def test_stopped_source_ignores_overflow(root: Path, sink: Collector) -> None:
+    """After stop() an overflow record neither counts nor delivers."""
+    source = FilesystemSource("docroot", root, sink, watcher="inotify")
+    source.start()
+    source.stop()
+    logging.getLogger(OVERFLOW_LOGGER).warning(OVERFLOW_MESSAGE)
+    assert source.overflows == 0
+    assert sink.changes == []
+
+
+MAX_QUEUED = Path("/proc/sys/fs/inotify/max_queued_events")
+
+
+def test_real_kernel_queue_overflow(start: Start, root: Path, sink: Collector) -> None:
+    """With a 16-event kernel queue, 2,000 files created at once overflow it: the source
+    counts it, rescans the whole tree, and keeps watching afterwards."""
+    try:
+        old = MAX_QUEUED.read_text()
+        MAX_QUEUED.write_text("16\n")
+    except OSError as exc:
+        pytest.skip(f"cannot lower {MAX_QUEUED}: {exc}")
+    try:
+        # The kernel fixes an inotify instance's queue size when it is created (in start()).
+        source = start(watcher="inotify")
+    finally:
+        MAX_QUEUED.write_text(old)
+    names = [f"f{i}.html" for i in range(2000)]
+    subprocess.run(["touch", *names], cwd=root, check=True)
+    wait_for(lambda: source.overflows >= 1, 10, what="an overflow")
+    sink.wait("", K.RESCAN)
+    (root / "after.html").write_text("x")
+    sink.wait("after.html", K.MODIFIED)
+    assert source.healthy
+
+
+# -- lifecycle ----------------------------------------------------------------------------
+
+
+def test_start_refuses_a_missing_or_non_directory_root(tmp_path: Path, sink: Collector) -> None:
+    """A root that does not exist, or is a file, is a SourceError naming it."""
+    missing = FilesystemSource("docroot", tmp_path / "nope", sink)
+    with pytest.raises(SourceError, match="does not exist"):
+        missing.start()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SourceError, match="is not a directory"):
+        FilesystemSource("docroot", tmp_path / "file", sink).start()
+    assert not missing.healthy
+    assert missing.watcher_kind == ""
+
+
+def test_stop_ends_delivery_and_health(start: Start, root: Path, sink: Collector) -> None:
+    """After stop() the source is unhealthy and nothing more is delivered; it can start again."""
+    source = start()
+    assert source.healthy
+    assert source.watcher_kind == "inotify"
+    source.stop()
+    assert not source.healthy
+    (root / "late.html").write_text("x")
+    source.start()
+    (root / "again.html").write_text("x")
+    sink.wait("again.html", K.MODIFIED)
+    assert not sink.has("late.html")
+
+
+def test_deleted_root_makes_the_source_unhealthy(start: Start, root: Path, sink: Collector) -> None:
+    """Deleting the root is a RESCAN of everything and the source reports itself unhealthy."""
+    source = start()
+    shutil.rmtree(root)
+    sink.wait("", K.RESCAN)
+    wait_for(lambda: not source.healthy, 5, what="unhealthy source")
+
+
+def test_root_given_as_symlink_is_watched_through_it(
+    start: Start, tmp_path: Path, root: Path, sink: Collector
+) -> None:
+    """A root that is a symlink to a directory (a deploy's `current`) watches its target."""
+    link = tmp_path / "current"
+    link.symlink_to(root, target_is_directory=True)
+    start(root=link)
+    (root / "page.html").write_text("x")
+    sink.wait("page.html", K.MODIFIED)
+
+
+def test_failing_sink_does_not_stop_the_watch(start: Start, root: Path, sink: Collector) -> None:
+    """A sink that raises is logged (sink_failed); later changes still arrive."""
+    calls = 0
+
+    def flaky(change: Change) -> None:
+        nonlocal calls
+        calls += 1
+        if change.path == "bad.html":
+            raise RuntimeError("boom")
+        sink(change)
+
+    source = FilesystemSource("docroot", root, flaky, watcher="inotify")
+    source.start()
+    try:
+        with structlog.testing.capture_logs() as logs:
+            (root / "bad.html").write_text("x")
+            (root / "good.html").write_text("x")
+            sink.wait("good.html", K.MODIFIED)
+        assert source.healthy
+        assert {e["path"] for e in logs if e["event"] == "sink_failed"} == {"bad.html"}
+    finally:
+        source.stop()
+
+
+# -- scan and stat ------------------------------------------------------------------------
+
+
+def make_tree(root: Path, files: Sequence[str]) -> None:
+    for rel in files:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(rel)
+
+
+def test_scan_lists_files_prunes_ignored_and_honours_prefix(root: Path, sink: Collector) -> None:
+    """scan() yields every non-ignored regular file with its lstat; ignored directories are
+    not entered; a prefix limits the walk to that subtree."""
+    make_tree(
+        root,
+        ["index.html", "a/b/c.html", "a/d.css", "ab.html", ".git/HEAD", "x/.git/y", "a/e.swp"],
+    )
+    source = FilesystemSource("docroot", root, sink, ignore=DEFAULT_IGNORE)
+    listing = dict(source.scan())
+    assert listing.keys() == {"index.html", "a/b/c.html", "a/d.css", "ab.html"}
+    st = os.lstat(root / "a" / "b" / "c.html")
+    assert listing["a/b/c.html"] == FileStat(st.st_size, st.st_mtime_ns, st.st_ino)
+    assert {p for p, _ in source.scan("a")} == {"a/b/c.html", "a/d.css"}
+    assert {p for p, _ in source.scan("/a/b/")} == {"a/b/c.html"}
+    assert list(source.scan(".git")) == []
+    assert list(source.scan("missing")) == []
+    assert list(source.scan("index.html")) == []
+
+
+def test_scan_prunes_ignored_directories_without_listing_them(root: Path, sink: Collector) -> None:
+    """An ignored directory is never opened: an unreadable one under it raises nothing."""
+    make_tree(root, ["keep.html", ".git/objects/ab/cd"])
+    source = FilesystemSource("docroot", root, sink, ignore=DEFAULT_IGNORE)
+    os.chmod(root / ".git", 0)
+    try:
+        assert [p for p, _ in source.scan()] == ["keep.html"]
+    finally:
+        os.chmod(root / ".git", 0o700)
+
+
+def test_scan_symlinks_and_special_files(root: Path, tmp_path: Path, sink: Collector) -> None:
+    """A symlink to a file counts with its own lstat; symlinked directories, dangling links
+    and fifos do not; nothing outside the root is listed."""
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.html").write_text("x")
+    (root / "real.html").write_text("x")
+    (root / "link.html").symlink_to(root / "real.html")
+    (root / "dirlink").symlink_to(tmp_path / "outside", target_is_directory=True)
+    (root / "dangling").symlink_to(root / "nowhere")
+    os.mkfifo(root / "fifo")
+    source = FilesystemSource("docroot", root, sink)
+    listing = dict(source.scan())
+    assert listing.keys() == {"real.html", "link.html"}
+    assert listing["link.html"].inode == os.lstat(root / "link.html").st_ino
+    assert source.stat("link.html") == listing["link.html"]
+
+
+def test_scan_of_a_vanished_root_raises(tmp_path: Path, sink: Collector) -> None:
+    """A root that cannot be listed is a SourceError, never an empty listing (which would read
+    as every file deleted)."""
+    source = FilesystemSource("docroot", tmp_path / "gone", sink)
+    with pytest.raises(SourceError, match="does not exist"):
+        list(source.scan())
+    with pytest.raises(SourceError, match="does not exist"):
+        list(source.scan("sub"))
+
+
+def test_scan_skips_files_vanishing_mid_walk(root: Path, sink: Collector) -> None:
+    """Files and directories removed while the walk is in progress are skipped silently."""
+    make_tree(root, [f"d{i}/f{j}.html" for i in range(5) for j in range(20)])
+    source = FilesystemSource("docroot", root, sink)
+    seen = []
+    for rel, _ in source.scan():
+        seen.append(rel)
+        if len(seen) == 1:
+            for i in range(5):
+                shutil.rmtree(root / f"d{i}", ignore_errors=True)
+            make_tree(root, ["d0/late.html"])
+    assert 1 <= len(seen) <= 21
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    patterns=pattern_sets,
+    files=st.sets(rel_paths.filter(lambda p: len(p) < 120), min_size=1, max_size=15),
+)
+def test_scan_equals_a_naive_walk_filtered_by_pathspec(
+    patterns: list[str], files: set[str], tmp_path: Path, sink: Collector
+) -> None:
+    """scan() lists exactly the files git would not ignore: a file is out if it, or any
+    directory above it, matches the spec."""
+    spec = pathspec.GitIgnoreSpec.from_lines(patterns)
+    tree = tmp_path / f"tree{next(_trees)}"
+    made: set[str] = set()
+    for rel in sorted(files, key=len):
+        path = tree / rel
+        if any(p in made for p in _ancestors(rel)) or any(m.startswith(rel + "/") for m in made):
+            continue  # one name cannot be a file and a directory
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+        made.add(rel)
+    expected = {
+        rel
+        for rel in made
+        if not spec.match_file(rel) and not any(spec.match_file(d + "/") for d in _ancestors(rel))
+    }
+    source = FilesystemSource("docroot", tree, sink, ignore=patterns)
+    assert {p for p, _ in source.scan()} == expected
+    shutil.rmtree(tree)
+
+
+_trees = itertools.count()
+
+
+def _ancestors(rel: str) -> list[str]:
+    parts = rel.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def test_stat_reports_regular_files_only(root: Path, sink: Collector) -> None:
+    """stat() returns the FileStat of a regular file and None for missing paths, directories,
+    symlinked directories and paths through a file."""
+    make_tree(root, ["a/page.html"])
+    (root / "dirlink").symlink_to(root / "a", target_is_directory=True)
+    source = FilesystemSource("docroot", root, sink)
+    st = os.stat(root / "a" / "page.html")
+    assert source.stat("a/page.html") == FileStat(st.st_size, st.st_mtime_ns, st.st_ino)
+    for path in ("missing.html", "a", "dirlink", "a/page.html/x", "nul\0byte"):
+        assert source.stat(path) is None, path
+
+
+# -- the contracts, against the real and the in-memory implementation -----------------------
+
+
+def real_and_memory(
+    root: Path, sink: Collector, files: Sequence[str]
+) -> tuple[FilesystemSource, MemorySource]:
+    """The same tree as a FilesystemSource over real files and as a MemorySource."""
+    make_tree(root, files)
+    memory = MemorySource("docroot", sink)
+    for rel in files:
+        memory.set_file(rel, FilesystemSource("docroot", root, sink).stat(rel))
+    return FilesystemSource("docroot", root, sink), memory
+
+
+def test_tree_scanner_contract(root: Path, sink: Collector) -> None:
+    """Both TreeScanners list the same files under a prefix (and only under it: `a` is not a
+    prefix of `ab.html`), and stat the same way."""
+    files = ["index.html", "a/b.html", "a/c/d.html", "ab.html"]
+    listings = []
+    scanners: list[TreeScanner] = [*real_and_memory(root, sink, files)]  # type-checked
+    for scanner in scanners:
+        listings.append((dict(scanner.scan()), dict(scanner.scan("a")), dict(scanner.scan("a/c/"))))
+        assert scanner.stat("missing.html") is None
+        assert scanner.stat("a/b.html") is not None
+    (real_all, real_a, real_c), (mem_all, mem_a, mem_c) = listings
+    assert real_all == mem_all
+    assert real_all.keys() == set(files)
+    assert real_a == mem_a
+    assert real_a.keys() == {"a/b.html", "a/c/d.html"}
+    assert real_c == mem_c
+    assert real_c.keys() == {"a/c/d.html"}
+
+
+def test_source_contract_lifecycle(root: Path, sink: Collector) -> None:
+    """Both Sources: unhealthy before start and after stop, healthy between, stop twice is
+    harmless, acknowledge accepts receipts."""
+    sources: list[Source] = [*real_and_memory(root, sink, [])]  # type-checked
+    for source in sources:
+        assert not source.healthy
+        source.start()
+        try:
+            assert source.healthy
+            source.acknowledge(["r1"])
+        finally:
+            source.stop()
+        source.stop()
+        assert not source.healthy
+
+
+def test_memory_source_emits_synchronously_and_only_when_started() -> None:
+    """MemorySource.emit delivers on the caller's thread before returning, refuses while
+    stopped, and records acknowledged receipts; set_file(None) removes a file."""
+    sink = Collector()
+    source = MemorySource("mem", sink, clock=lambda: 5.0)
+    with pytest.raises(SourceError, match="not started"):
+        source.emit("a.html")
+    source.start()
+    change = source.emit("a.html", K.CREATED, receipt="r1")
+    assert sink.changes == [Change("mem", "a.html", K.CREATED, 5.0, receipt="r1")]
+    assert change.receipt == "r1"
+    source.acknowledge(["r1"])
+    assert source.acknowledged == ["r1"]
+    source.set_file("a.html", FileStat(1, 2, 3))
+    assert source.stat("a.html") == FileStat(1, 2, 3)
+    source.set_file("a.html", None)
+    assert list(source.scan()) == []
