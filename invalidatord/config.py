@@ -41,6 +41,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from invalidatord.errors import ConfigError
 from invalidatord.mapping import Rule, check_url_template, compile_match
+from invalidatord.model import DEFAULT_IGNORE
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -296,8 +297,7 @@ def _resolve_path(value: Path, info: ValidationInfo) -> Path:
 
 
 def _default_ignore() -> list[str]:
-    # 4913: the file vim creates to test whether a directory is writable
-    return [".git/", "*.swp", "*~", ".#*", "4913"]
+    return list(DEFAULT_IGNORE)
 
 
 class FilesystemSourceConfig(_Model):

@@ -10,6 +10,10 @@ MAX_FILE_PATHS_IN_FLIGHT = 3000
 MAX_WILDCARD_PATHS_IN_FLIGHT = 15
 #: CloudFront rejects longer invalidation paths.
 MAX_PATH_LENGTH = 4000
+#: What a filesystem source ignores unless told otherwise: version control, and the leftovers of
+#: editors (vim's swap files `.x.swp`/`.x.swx`, `x~` backups and `4913` write probe; emacs' `.#x`
+#: lock files).
+DEFAULT_IGNORE: tuple[str, ...] = (".git/", "*.swp", "*.swx", "*~", ".#*", "4913")
 
 
 class ChangeKind(enum.StrEnum):

@@ -153,7 +153,7 @@ def test_minimal_config_takes_the_documented_defaults() -> None:
     cfg = load_config(REPO / "config" / "minimal.yaml")
     source = cfg.sources[0]
     assert isinstance(source, FilesystemSourceConfig)
-    assert source.ignore == [".git/", "*.swp", "*~", ".#*", "4913"]
+    assert source.ignore == [".git/", "*.swp", "*.swx", "*~", ".#*", "4913"]
     assert (source.watcher, source.poll_interval, source.rescan_interval) == ("auto", 5.0, 600.0)
     assert cfg.state_dir == Path("/var/lib/invalidatord")
     assert cfg.aws.region == "us-east-1"

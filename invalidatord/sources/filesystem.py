@@ -53,13 +53,11 @@ from watchdog.utils import UnsupportedLibcError
 
 from invalidatord.contracts import ChangeSink
 from invalidatord.errors import SourceError
-from invalidatord.model import Change, ChangeKind, FileStat
+from invalidatord.model import DEFAULT_IGNORE, Change, ChangeKind, FileStat
 
 log = structlog.get_logger(__name__)
 
-#: The ignore list a filesystem source gets when its config names none: git's metadata and
-#: the leftovers of editors (vim's swap, backup and `4913` write probe, emacs' lock files).
-DEFAULT_IGNORE: tuple[str, ...] = (".git/", "*.swp", "*~", ".#*", "4913")
+__all__ = ["DEFAULT_IGNORE", "FilesystemSource"]
 
 # What inotify is asked for (watchdog 7.1 derives the kernel mask from this list): creates,
 # closes after writing, moves and deletes. Not FileOpenedEvent/FileClosedNoWriteEvent (every
