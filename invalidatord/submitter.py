@@ -120,14 +120,25 @@ class Submitter:
         return max(0.05, min([1.0, *waits]))
 
     def drain(self, deadline: float) -> bool:
-        """Submit until nothing is pending or planned, or `deadline` (monotonic) passes.
-        Returns True when everything was submitted."""
+        """Submit until nothing is pending or planned, or `deadline` (monotonic) passes, or
+        every distribution with work left needs an operator (access, credentials): waiting
+        cannot help those. Returns True when everything was submitted."""
         while time.monotonic() < deadline:
             self.cycle(ignore_backoff=False)
-            if not self._journal.pending_count() and not self._journal.batches(PLANNED):
+            left = self._distributions_with_work()
+            if not left:
                 return True
+            if all(self.states[name].problem for name in left):
+                return False
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
         return False
+
+    def _distributions_with_work(self) -> set[str]:
+        """Distributions of this submitter with paths pending or batches planned."""
+        names = set(self._journal.pending_summary()) | {
+            b.distribution for b in self._journal.batches(PLANNED)
+        }
+        return names & set(self.states)
 
     # ---- one pass ----------------------------------------------------------------------------
 
