@@ -8,15 +8,28 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from invalidatord import __version__, logs
 from invalidatord.config import Config, config_warnings, default_config_path, load_config
 from invalidatord.errors import ConfigError, InvalidatordError
-from invalidatord.journal import COMPLETED, PLANNED, SUBMITTED, Accepted
+from invalidatord.journal import (
+    COMPLETED,
+    PLANNED,
+    REJECTED,
+    SUBMITTED,
+    Accepted,
+    BatchRecord,
+    Journal,
+)
 from invalidatord.mapping import encode_path, normalise
 from invalidatord.metrics import FREE_PATHS_PER_MONTH, PRICE_PER_PATH
+from invalidatord.planner import covers
+
+if TYPE_CHECKING:
+    from invalidatord.submitter import Submitter
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # runtime failures
@@ -194,8 +207,8 @@ def _invalidate(
             body = encode_path(normalise(url[:-1] if star else url))
             paths.append(body + ("*" if star else ""))
     journal = open_journal(cfg)
-    now = time.time()
-    journal.accept(Accepted(d, p, now, "manual") for d in targets for p in paths)
+    queued = time.time()
+    journal.accept(Accepted(d, p, queued, "manual") for d in targets for p in paths)
     print(f"queued {len(paths)} path(s) on {', '.join(targets)}")
     lock = StateLock(Path(cfg.state_dir))
     own = lock.acquire()  # no daemon running: submit them ourselves
@@ -209,46 +222,96 @@ def _invalidate(
                 limits=limits_for(cfg),
                 metrics=Metrics(),
                 max_backoff=cfg.invalidation.max_backoff,
+                completion_wait=cfg.invalidation.poll_interval,
             )
             submitter.reconcile()
-            if not submitter.drain(time.monotonic() + max(60.0, cfg.shutdown_timeout)):
-                print("some paths are still pending; a running daemon will submit them")
+            timeout = max(60.0, cfg.shutdown_timeout)
+            if not submitter.drain(time.monotonic() + timeout):
+                # Nothing is lost (the paths stay in the journal), but nothing was sent either:
+                # say why, and that the daemon will send them when it runs.
+                problems = submitter.problems()
+                why = "; ".join(f"{t}: {problems[t]}" for t in targets if t in problems) or (
+                    f"CloudFront did not accept them within {timeout:g}s"
+                )
+                print(
+                    f"invalidatord: not submitted: {why}; the paths stay queued in "
+                    f"{cfg.state_dir} and the daemon submits them when it runs",
+                    file=sys.stderr,
+                )
+                return EXIT_FAILURE
         else:
             print("a running daemon will submit them")
+        wanted = set(paths)
         if wait:
-            return _wait(journal, targets, set(paths), submitter, cfg.invalidation.poll_interval)
-        for record in journal.recent(5):
-            if record.distribution in targets and set(paths) & set(record.paths):
-                print(f"{record.distribution} {record.invalidation_id or '-'} {record.state}")
-        return EXIT_OK
+            return _wait(
+                journal, targets, wanted, queued, submitter, cfg.invalidation.poll_interval
+            )
+        records = _batches_of(journal, targets, wanted, queued)
+        for record in records:
+            print(f"{record.distribution} {record.invalidation_id or '-'} {record.state}")
+        return _report_rejected(records)
     finally:
         if own:
             lock.release()
         journal.close()
 
 
-def _wait(journal, targets, paths, submitter, poll_interval) -> int:  # type: ignore[no-untyped-def]
-    """Show progress until every batch holding one of `paths` is Completed."""
+def _batches_of(
+    journal: Journal, targets: Sequence[str], paths: set[str], since: float
+) -> list[BatchRecord]:
+    """The batches made (at or after `since`) from `paths`: holding one of them, or a wildcard
+    that covers one (the planner drops a path a planned wildcard covers), oldest first."""
+    records = [
+        r
+        for r in journal.recent(1000)
+        if r.created >= since
+        and r.distribution in targets
+        and any(p in paths or any(covers(p, q) for q in paths) for p in r.paths)
+    ]
+    return records[::-1]
+
+
+def _report_rejected(records: Sequence[BatchRecord]) -> int:
+    rejected = [r for r in records if r.state == REJECTED]
+    for r in rejected:
+        print(
+            f"invalidatord: CloudFront refused {r.paths[0]} on {r.distribution}: {r.last_error}",
+            file=sys.stderr,
+        )
+    return EXIT_FAILURE if rejected else EXIT_OK
+
+
+def _wait(
+    journal: Journal,
+    targets: Sequence[str],
+    paths: set[str],
+    since: float,
+    submitter: Submitter | None,
+    poll_interval: float,
+) -> int:
+    """Show progress until every batch made from `paths` is Completed (or refused: CloudFront
+    never completes a rejected path, so that ends the wait too, with exit 1)."""
     interval = max(1.0, min(poll_interval, 10.0))
     last = ""
     while True:
-        records = [
-            r for r in journal.recent(200) if r.distribution in targets and paths & set(r.paths)
-        ]
-        pending = journal.pending_summary()
-        waiting = sum(pending.get(t, (0, 0.0))[0] for t in targets)
+        records = _batches_of(journal, targets, paths, since)
+        # Only our own paths: on a busy site other paths are always pending.
+        waiting = sum(1 for t in targets for p in journal.pending_paths(t, 1_000_000) if p in paths)
         states = [r.state for r in records]
         line = (
             f"pending {waiting}, planned {states.count(PLANNED)}, "
             f"in progress {states.count(SUBMITTED)}, completed {states.count(COMPLETED)}"
         )
+        if states.count(REJECTED):
+            line += f", refused {states.count(REJECTED)}"
         if line != last:
             print(line, flush=True)
             last = line
-        if records and not waiting and all(s == COMPLETED for s in states):
+        if records and not waiting and all(s in (COMPLETED, REJECTED) for s in states):
             for r in records:
-                print(f"{r.distribution} {r.invalidation_id} Completed")
-            return EXIT_OK
+                if r.state == COMPLETED:
+                    print(f"{r.distribution} {r.invalidation_id} Completed")
+            return _report_rejected(records)
         if submitter is not None:
             submitter.cycle()
             submitter.poll_status()
@@ -276,9 +339,16 @@ def _status(cfg: Config) -> int:
             lock.release()
         print(f"daemon: {'running' if running else 'not running'} (state_dir {cfg.state_dir})")
         summary = journal.pending_summary()
+        planned = journal.batches(PLANNED)
         print("\ndistribution   id                 pending  oldest  in flight (files/wildcards)")
         for name, dist in cfg.distributions.items():
             count, oldest = summary.get(name, (0, now))
+            # Paths in a planned batch are not sent yet either (CloudFront refused or could not
+            # be reached): to the reader they are as pending as the queued ones.
+            for b in planned:
+                if b.distribution == name:
+                    count += len(b.paths)
+                    oldest = min(oldest, b.first_seen)
             flight = journal.in_flight(name)
             print(
                 f"{name:<14} {dist.id:<18} {count:>7}  {_age(now - oldest) if count else '-':>6}"
