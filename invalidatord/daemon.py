@@ -187,15 +187,25 @@ class WatchedCloudFront:
         except SinkError as exc:
             if operation != "CreateInvalidation":
                 self._metrics.api_errors.labels(name, exc.code).inc()
-            with self._lock:
-                if _not_answering(exc):
-                    self._failing[(name, operation)] = exc
-                else:
-                    self._failing.pop((name, operation), None)
+            self._record(name, operation, exc if _not_answering(exc) else None)
             raise
-        with self._lock:
-            self._failing.pop((name, operation), None)
+        self._record(name, operation, None)
         return result
+
+    def _record(self, name: str, operation: str, failure: SinkError | None) -> None:
+        """Remember the outcome; log when the distribution turns unhealthy or healthy."""
+        with self._lock:
+            was = any(key[0] == name for key in self._failing)
+            if failure is None:
+                self._failing.pop((name, operation), None)
+            else:
+                self._failing[(name, operation)] = failure
+            now = any(key[0] == name for key in self._failing)
+        if now and not was:
+            reason = self.problems().get(name, "")
+            log.warning("distribution_unhealthy", distribution=name, reason=reason)
+        elif was and not now:
+            log.info("distribution_healthy", distribution=name)
 
     def create_invalidation(
         self, distribution_id: str, paths: Sequence[str], caller_reference: str
@@ -574,17 +584,12 @@ class Daemon:
         self.pipeline.sink(Change(source, "", ChangeKind.RESCAN, time.time()))
 
     def _probe(self) -> None:
-        """Ask each distribution a cheap ListInvalidations: health notices CloudFront refusing
-        or unreachable while nothing is being submitted. Logs only changes of state."""
-        for name, dist in self.cfg.distributions.items():
-            before = self.cloudfront.problems().get(name)
-            with contextlib.suppress(SinkError):  # remembered by self.cloudfront
+        """Ask each distribution a cheap ListInvalidations, so health notices CloudFront
+        refusing or unreachable while nothing is being submitted (`self.cloudfront` remembers
+        the outcome and logs the changes of state)."""
+        for dist in self.cfg.distributions.values():
+            with contextlib.suppress(SinkError):
                 self.cloudfront.check_distribution(dist.id)
-            after = self.cloudfront.problems().get(name)
-            if after and after != before:
-                log.warning("distribution_unhealthy", distribution=name, reason=after)
-            elif before and not after:
-                log.info("distribution_healthy", distribution=name)
 
     # ---- health, metrics, systemd --------------------------------------------------------------
 
@@ -738,6 +743,7 @@ class Daemon:
         if self._stopped:
             return
         self.phase = "reloading" if reloading else "stopping"
+        self.ready.clear()  # no WATCHDOG=1 after STOPPING=1
         if not reloading:
             self.notifier.stopping()
         log.info("daemon_stopping", reloading=reloading)
