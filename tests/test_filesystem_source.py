@@ -609,7 +609,11 @@ def test_real_kernel_queue_overflow(start: Start, root: Path, sink: Collector) -
     wait_for(lambda: source.overflows >= 1, 10, what="an overflow")
     sink.wait("", K.RESCAN)
     (root / "after.html").write_text("x")
-    sink.wait("after.html", K.MODIFIED)
+    # Still watching: the new file arrives (as a create or a close-after-write; on a loaded
+    # machine the tiny queue may overflow again, which is a rescan that covers it too).
+    wait_for(
+        lambda: sink.has("after.html") or source.overflows > 1, 30, what="after.html delivered"
+    )
     assert source.healthy
 
 
