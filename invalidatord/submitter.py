@@ -56,6 +56,7 @@ class DistributionState:
     problem: str | None = None  # set while an operator must act (access, credentials)
     unreachable: str | None = None  # set while CloudFront cannot be reached
     external: InFlight = field(default_factory=InFlight)  # others' invalidations in progress
+    reconciled: bool = False  # `external` has been learnt from CloudFront at least once
 
 
 class Submitter:
@@ -150,6 +151,11 @@ class Submitter:
                 self._cycle_distribution(state)
 
     def _cycle_distribution(self, state: DistributionState) -> None:
+        if not state.reconciled and not self._reconcile(state):
+            # Until CloudFront says what others have in flight, the room left for them (the
+            # headroom) is unknown: a start-up must not spend it. Retry after a backoff.
+            self._backoff(state)
+            return
         for record in self._journal.batches(PLANNED, state.name):
             if not self._submit(record, state):
                 return
@@ -316,24 +322,34 @@ class Submitter:
     def reconcile(self) -> None:
         """Learn what else is in flight on each distribution (people, other tools)."""
         for state in self.states.values():
-            try:
-                in_progress = self._cf.list_in_progress(state.id)
-            except InvalidatordError as exc:
-                log.warning("reconcile_failed", distribution=state.name, error=str(exc))
+            self._reconcile(state)
+
+    def _reconcile(self, state: DistributionState) -> bool:
+        """Learn what others have in flight on one distribution. False when CloudFront could
+        not tell (the failure is logged)."""
+        try:
+            in_progress = self._cf.list_in_progress(state.id)
+        except InvalidatordError as exc:
+            log.warning("reconcile_failed", distribution=state.name, error=str(exc))
+            return False
+        ours = self._journal.known_invalidation_ids(state.name)
+        # A planned batch whose CreateInvalidation took effect but whose answer was lost is
+        # ours too (its resubmission returns that invalidation): known by its reference.
+        refs = {b.caller_reference for b in self._journal.batches(PLANNED, state.name)}
+        files = wildcards = 0
+        for invalidation in in_progress:
+            if invalidation.id in ours or invalidation.caller_reference in refs:
                 continue
-            ours = self._journal.known_invalidation_ids(state.name)
-            files = wildcards = 0
-            for invalidation in in_progress:
-                if invalidation.id in ours:
-                    continue
-                wild = sum(1 for p in invalidation.paths if is_wildcard(p))
-                wildcards += wild
-                files += len(invalidation.paths) - wild
-            state.external = InFlight(files, wildcards)
-            if files or wildcards:
-                log.info(
-                    "external_in_flight", distribution=state.name, files=files, wildcards=wildcards
-                )
+            wild = sum(1 for p in invalidation.paths if is_wildcard(p))
+            wildcards += wild
+            files += len(invalidation.paths) - wild
+        state.external = InFlight(files, wildcards)
+        state.reconciled = True
+        if files or wildcards:
+            log.info(
+                "external_in_flight", distribution=state.name, files=files, wildcards=wildcards
+            )
+        return True
 
     def problems(self) -> dict[str, str]:
         """distribution -> why it is not healthy."""
