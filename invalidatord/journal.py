@@ -73,6 +73,13 @@ CREATE TABLE IF NOT EXISTS fs_index (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS baselines (source TEXT PRIMARY KEY, recorded REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS s3_index (
+    source TEXT NOT NULL,
+    key TEXT NOT NULL,
+    etag TEXT NOT NULL,
+    last_modified REAL NOT NULL,
+    PRIMARY KEY (source, key)
+) WITHOUT ROWID;
 """
 
 PLANNED, SUBMITTED, COMPLETED, REJECTED, SPLIT = (
@@ -496,6 +503,76 @@ class Journal:
             db.executemany("INSERT OR REPLACE INTO fs_index VALUES (?, ?, ?, ?, ?)", rows())
             db.execute("INSERT OR REPLACE INTO baselines VALUES (?, ?)", (source, self._clock()))
         return count
+
+    # ---- the S3 index (s3-poll sources) ------------------------------------------------------
+    #
+    # Keys are TEXT compared with SQLite's BINARY collation, i.e. by their UTF-8 bytes: the
+    # order in which ListObjectsV2 returns them, so a listing can be merged against ranges of
+    # the index page by page. A baseline is complete once `s3_baseline_done` has run; one that
+    # was interrupted is started again from scratch.
+
+    def s3_baseline(self, source: str) -> tuple[str, str] | None:
+        """(bucket, prefix) of the source's complete baseline, None if there is none."""
+        rows = self._read("SELECT value FROM meta WHERE key = ?", (_s3_marker(source),))
+        if not rows:
+            return None
+        recorded = json.loads(str(rows[0][0]))
+        return str(recorded["bucket"]), str(recorded["prefix"])
+
+    def s3_baseline_start(self, source: str) -> None:
+        """Forget the source's index and baseline: a new baseline is about to be written."""
+        with self._tx() as db:
+            db.execute("DELETE FROM meta WHERE key = ?", (_s3_marker(source),))
+            db.execute("DELETE FROM s3_index WHERE source = ?", (source,))
+
+    def s3_baseline_done(self, source: str, bucket: str, prefix: str) -> None:
+        """Mark the baseline written with `s3_index_apply` since `s3_baseline_start` complete."""
+        value = json.dumps({"bucket": bucket, "prefix": prefix, "recorded": self._clock()})
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (_s3_marker(source), value))
+
+    def s3_index_apply(self, source: str, updates: Iterable[tuple[str, S3Stamp | None]]) -> None:
+        """Record each key's stamp (None = the object is gone), in one transaction."""
+        with self._tx() as db:
+            for key, stamp in updates:
+                if stamp is None:
+                    db.execute("DELETE FROM s3_index WHERE source = ? AND key = ?", (source, key))
+                else:
+                    db.execute(
+                        "INSERT OR REPLACE INTO s3_index VALUES (?, ?, ?, ?)",
+                        (source, key, stamp.etag, stamp.last_modified),
+                    )
+
+    def s3_index_range(
+        self, source: str, after: str | None, upto: str | None, limit: int
+    ) -> list[tuple[str, S3Stamp]]:
+        """Up to `limit` indexed keys k with `after` < k <= `upto` (None = unbounded), in
+        ListObjectsV2 order (UTF-8 bytes)."""
+        sql = "SELECT key, etag, last_modified FROM s3_index WHERE source = ?"
+        args: list[object] = [source]
+        if after is not None:
+            sql += " AND key > ?"
+            args.append(after)
+        if upto is not None:
+            sql += " AND key <= ?"
+            args.append(upto)
+        rows = self._read(f"{sql} ORDER BY key LIMIT ?", (*args, limit))
+        return [(str(k), S3Stamp(str(e), float(t))) for k, e, t in rows]
+
+    def s3_index_size(self, source: str) -> int:
+        return int(self._read("SELECT count(*) FROM s3_index WHERE source = ?", (source,))[0][0])
+
+
+@dataclass(frozen=True, slots=True)
+class S3Stamp:
+    """What the S3 index remembers of one object: enough to tell that it changed."""
+
+    etag: str
+    last_modified: float  # epoch seconds
+
+
+def _s3_marker(source: str) -> str:
+    return f"s3_baseline:{source}"
 
 
 _COLUMNS = (
