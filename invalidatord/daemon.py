@@ -754,7 +754,13 @@ class Daemon:
         address = self.cfg.metrics.address
         if listen is None or address is None:
             return
-        self.http = StatusServer(listen, address, self)
+        try:
+            self.http = StatusServer(listen, address, self)
+        except OSError as exc:
+            raise InvalidatordError(
+                f"metrics.listen {listen}: cannot serve /metrics and /healthz there: "
+                f"{exc.strerror or exc}"
+            ) from exc
 
     def release_http(self) -> StatusServer | None:
         """Hand the HTTP endpoint over to the next daemon (a reload)."""

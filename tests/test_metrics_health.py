@@ -429,3 +429,31 @@ def test_a_refusing_preflight_exits_1_with_one_line_naming_the_distribution(
     assert proc.find("preflight_failed", lambda e: e["distribution"] == "www")
     assert "READY=1" not in notify_socket.fields()
     assert json.dumps(proc.events)  # every other line was a JSON log event
+
+
+def test_a_busy_metrics_port_exits_1_with_one_line(
+    tmp_path: Path, docroot: Path, cloudfront: CloudFrontEmulator
+) -> None:
+    """When metrics.listen is taken, the daemon says so in one line and exits 1."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        config = write_config(
+            tmp_path,
+            root=docroot,
+            endpoint=cloudfront.endpoint_url,
+            distribution_id=cloudfront.distribution_id,
+            extra={"metrics": {"listen": listen}},
+        )
+        proc = DaemonProcess("run", "-c", str(config)).start()
+        try:
+            assert proc.proc is not None
+            assert proc.proc.wait(30) == 1
+            wait_for(lambda: proc.other_lines, 5, what="the error line")
+        finally:
+            proc.kill()
+    assert [line for line in proc.other_lines if line.strip()] == [
+        f"invalidatord: metrics.listen {listen}: cannot serve /metrics and /healthz there: "
+        "Address already in use"
+    ]
