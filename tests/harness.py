@@ -121,7 +121,9 @@ class DaemonProcess:
             hits = self.find(name, where)
             return hits[-1] if hits else None
 
-        return wait_for(found, timeout, what=f"log event {name}")
+        hit = wait_for(found, timeout, what=f"log event {name}")
+        assert hit is not None
+        return hit
 
     def _check_alive(self, waiting_for: str) -> None:
         assert self.proc is not None
