@@ -1,0 +1,1 @@
+"""invalidatord's benchmark suite: `python -m bench` (see bench/README.md)."""

@@ -1,0 +1,128 @@
+"""PNG charts of a results dict (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+_COLORS = {"invalidatord": "#1f77b4", "watchdog": "#ff7f0e", "inotifywait": "#2ca02c"}
+
+
+def draw_all(results: dict[str, Any], out: Path) -> list[Path]:
+    drawn: list[Path] = []
+    for key, fn in (
+        ("throughput", _throughput),
+        ("latency", _latency),
+        ("startup", _startup),
+        ("catchup", _catchup),
+        ("alternatives", _alternatives),
+    ):
+        if key in results and isinstance(results[key], dict) and "error" not in results[key]:
+            path = out / f"{key}.png"
+            fn(results[key], path)
+            drawn.append(path)
+    return drawn
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _throughput(r: dict[str, Any], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    subjects = ["invalidatord", "watchdog", "inotifywait"]
+    width = 0.27
+    for i, name in enumerate(subjects):
+        xs, ys = [], []
+        for j, kind in enumerate(("create", "append")):
+            xs.append(j + (i - 1) * width)
+            ys.append(r["median"][kind][name]["files_per_s"])
+            pts = [
+                s["files_per_s"] for s in r["samples"] if s["subject"] == name and s["pass"] == kind
+            ]
+            ax.scatter([xs[-1]] * len(pts), pts, color="black", s=8, zorder=3)
+        ax.bar(xs, ys, width, label=name, color=_COLORS[name])
+    ax.set_xticks([0, 1], ["create pass", "append pass"])
+    ax.set_ylabel("files/s (median; dots = repetitions)")
+    ax.set_yscale("log")
+    ax.set_title(f"Event throughput: {r['files']:,} files in {r['dirs']:,} directories")
+    ax.legend()
+    _save(fig, path)
+
+
+def _latency(r: dict[str, Any], path: Path) -> None:
+    sizes = list(r["sizes"].values())
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    data = [[x * 1000 for x in s["samples_first_s"]] for s in sizes]
+    ax.boxplot(data, whis=(0, 100))
+    ax.set_xticks(range(1, len(sizes) + 1), [f"{s['paths']:,} paths" for s in sizes])
+    ax.axhline(100, color="green", linestyle="--", label="p50 target 100 ms")
+    ax.axhline(250, color="red", linestyle="--", label="p99 target 250 ms")
+    ax.set_ylabel("ms after the last write, less the quiet window")
+    ax.set_title(f"Latency to the first CreateInvalidation (quiet {r['quiet_s']}s)")
+    ax.legend()
+    _save(fig, path)
+
+
+def _startup(r: dict[str, Any], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    names = ["daemon_first", "daemon_restart", "import", "watchdog", "inotifywait", "walk"]
+    modes = [m for m in ("warm", "cold") if m in r["median"]]
+    width = 0.38
+    for i, mode in enumerate(modes):
+        xs = [j + (i - 0.5) * width for j in range(len(names))]
+        ys = [r["median"][mode].get(n, {}).get("ready_s", 0.0) for n in names]
+        ax.bar(xs, ys, width, label=f"{mode}: ready")
+        scan = [r["median"][mode].get(n, {}).get("scan_done_s", 0.0) for n in names]
+        ax.scatter(xs, scan, marker="_", s=300, color="black", zorder=3)
+    ax.set_xticks(
+        range(len(names)),
+        ["first start", "restart", "import only", "watchdog", "inotifywait", "walk"],
+    )
+    ax.set_ylabel("seconds from exec (bar: ready; tick: catch-up done)")
+    ax.set_title(
+        f"Start-up: {r['files']:,} files in {r['dirs']:,} dirs; "
+        f"daemon peak RSS {r['daemon_peak_rss_mib']:.0f} MiB"
+    )
+    ax.legend()
+    _save(fig, path)
+
+
+def _catchup(r: dict[str, Any], path: Path) -> None:
+    m = r["median"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    labels = [
+        "daemon: start\n-> accepted",
+        "daemon: ready",
+        "daemon: rescan",
+        "walk process",
+        "walk",
+    ]
+    values = [m["accepted_s"], m["ready_s"], m["rescan_s"], m["walk_wall_s"], m["walk_s"]]
+    ax.bar(labels, values, color=["#1f77b4", "#aec7e8", "#aec7e8", "#ff7f0e", "#ffbb78"])
+    ax.set_ylabel("seconds (median)")
+    ax.set_title(f"Catch-up: {r['changed']:,} of {r['files']:,} files changed while stopped")
+    _save(fig, path)
+
+
+def _alternatives(r: dict[str, Any], path: Path) -> None:
+    names = [n for n in ("invalidatord", "lambda", "cli_loop") if n in r]
+    metrics = [("api_calls", "API calls"), ("billed_paths", "billed paths"),
+               ("wall_s", "wall s"), ("cpu_s", "CPU s")]  # fmt: skip
+    fig, axes = plt.subplots(1, len(metrics), figsize=(12, 4))
+    for ax, (key, label) in zip(axes, metrics, strict=True):
+        ax.bar(
+            names, [max(r[n][key], 1e-3) for n in names], color=["#1f77b4", "#d62728", "#9467bd"]
+        )
+        ax.set_yscale("log")
+        ax.set_title(label)
+        ax.tick_params(axis="x", rotation=20)
+    fig.suptitle(f"A deploy of {r['files']:,} changed files (cli_loop extrapolated from a sample)")
+    _save(fig, path)
