@@ -57,6 +57,7 @@ class DistributionState:
     unreachable: str | None = None  # set while CloudFront cannot be reached
     external: InFlight = field(default_factory=InFlight)  # others' invalidations in progress
     reconciled: bool = False  # `external` has been learnt from CloudFront at least once
+    reconciled_at: float = 0.0
 
 
 class Submitter:
@@ -163,6 +164,8 @@ class Submitter:
             in_flight = self._journal.in_flight(state.name) + state.external
             room = self._limits.capacity(in_flight)
             if room.files <= 0 and room.wildcards <= 0:
+                if self._others_block(state) and self._reconcile(state):
+                    continue  # learnt afresh what others still have in flight
                 return
             pending = self._journal.pending_paths(state.name, room.files + room.wildcards)
             if not pending:
@@ -179,6 +182,14 @@ class Submitter:
                 record = self._journal.create_batch(state.name, batch.paths, consumed)
                 if not self._submit(record, state):
                     return
+
+    def _others_block(self, state: DistributionState) -> bool:
+        """Other people's invalidations fill the room and we have not asked about them for
+        `completion_wait`: they may be done (reconcile_interval alone could keep us waiting
+        minutes after they finished)."""
+        if not (state.external.files or state.external.wildcards):
+            return False
+        return self._clock() - state.reconciled_at >= self._completion_wait
 
     def _submit(self, record: BatchRecord, state: DistributionState) -> bool:
         """Send one planned batch. True = go on with the next; False = stop this distribution
@@ -345,6 +356,7 @@ class Submitter:
             files += len(invalidation.paths) - wild
         state.external = InFlight(files, wildcards)
         state.reconciled = True
+        state.reconciled_at = self._clock()
         if files or wildcards:
             log.info(
                 "external_in_flight", distribution=state.name, files=files, wildcards=wildcards

@@ -263,3 +263,32 @@ def test_throttling_and_503_storm_loses_nothing_with_bounded_attempts(
     assert sorted(set(cloudfront.created_paths(cloudfront.distribution_id))) == sorted(paths)
     assert len(cloudfront.invalidations(cloudfront.distribution_id)) == 10
     assert len(creates(cloudfront)) < 10 * 12
+
+
+def test_when_others_fill_the_room_their_completion_is_noticed_within_poll_interval(
+    journal: Journal,
+    cloudfront: CloudFrontEmulator,
+    make_submitter: Callable[..., Submitter],
+    clock: FakeClock,
+) -> None:
+    """Someone else's 2,900 paths block us; once theirs complete we go within completion_wait
+    (5 s here), not the reconcile interval."""
+    cloudfront.hold(True)
+    client = boto3.client("cloudfront", endpoint_url=cloudfront.endpoint_url)
+    client.create_invalidation(
+        DistributionId=cloudfront.distribution_id,
+        InvalidationBatch={
+            "Paths": {"Quantity": 2900, "Items": [f"/human{i}" for i in range(2900)]},
+            "CallerReference": "by-hand",
+        },
+    )
+    queue(journal, ["/ours.html"])
+    sub = make_submitter()
+    sub.cycle()
+    assert journal.pending_count() == 1
+    cloudfront.complete_all()
+    sub.cycle()  # asked too recently: still waiting
+    assert journal.pending_count() == 1
+    clock.now += 5
+    sub.cycle()
+    assert "/ours.html" in cloudfront.created_paths(cloudfront.distribution_id)
