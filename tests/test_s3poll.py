@@ -124,14 +124,15 @@ def ack(source: S3PollSource, changes: list[Change]) -> None:
 def test_first_poll_records_a_baseline_and_invalidates_nothing(
     s3: Any, make_source: SourceFactory, journal: Journal
 ) -> None:
-    """start() on an empty journal lists the bucket into the index and delivers nothing; a
-    poll right after finds nothing either."""
+    """Started on an empty journal, the source's first poll (on its own thread) lists the
+    bucket into the index and delivers nothing; a poll after it finds nothing either."""
     put(s3, "index.html", "css/site.css", "img/a b.png")
     sink = Collector()
     source = make_source(sink)
     with capture_logs() as logs:
         source.start()
-    assert source.healthy
+        assert source.healthy
+        wait_for(lambda: source.last_poll, 10, what="the baseline recorded")
     assert source.last_poll == PollResult(listed=3, seconds=source.last_poll.seconds, baseline=True)
     (event,) = [e for e in logs if e["event"] == "s3_baseline_recorded"]
     assert event["objects"] == 3
@@ -279,8 +280,8 @@ def test_a_new_bucket_or_prefix_records_a_new_baseline(
 def test_an_interrupted_baseline_is_started_over(
     cloudfront: CloudFrontEmulator, s3: Any, make_source: SourceFactory, journal: Journal
 ) -> None:
-    """A baseline whose listing fails halfway is not complete: start() fails clearly, the next
-    start records the whole baseline and reports nothing."""
+    """A baseline whose listing fails halfway is not complete: the next poll records the whole
+    baseline again and reports nothing."""
     put(s3, *(f"k{i}.html" for i in range(5)))
     client = s3_client(cloudfront.endpoint_url)
     calls = {"n": 0}
@@ -292,15 +293,15 @@ def test_an_interrupted_baseline_is_started_over(
 
     client.meta.events.register("before-call.s3.ListObjectsV2", fail_second_page)
     sink = Collector()
-    with pytest.raises(SourceError, match=r"source 'static': .*Could not connect"):
-        make_source(sink, client=client, page_size=2).start()
+    source = make_source(sink, client=client, page_size=2)
+    with pytest.raises(EndpointConnectionError):
+        source.poll()
     assert journal.s3_baseline("static") is None
     assert journal.s3_index_size("static") == 2  # the first page, not marked complete
 
-    fresh = make_source(sink, page_size=2)
-    fresh.start()
-    assert fresh.last_poll is not None
-    assert fresh.last_poll.baseline
+    result = source.poll()
+    assert result.baseline
+    assert result.listed == 5
     assert journal.s3_index_size("static") == 5
     assert sink.take() == []
 

@@ -5,15 +5,18 @@ For buckets whose event notifications cannot be wired to a queue (someone else's
 S3-compatible store without notifications), or as a safety net beside the SQS source. Satisfies
 `contracts.Source`. The guarantees, in plain words:
 
-- **Baseline.** The very first start lists the bucket, records every key's ETag and
-  LastModified in the journal's `s3_index` and invalidates nothing, before `start()` returns (as
-  the filesystem source does with its tree). A baseline is marked complete only after its last
-  page is written: one that was interrupted is started over. A source whose bucket or prefix
-  changed in the config records a new baseline (and invalidates nothing).
-- **Polls.** Every later start polls at once (changes made while the daemon was stopped), then
-  every `interval` after the previous listing ended. A key missing from the index is CREATED,
-  a key whose ETag or LastModified differ is MODIFIED, an indexed key no longer listed is
-  DELETED. The path is the key less the prefix.
+- **Baseline.** The very first poll lists the bucket, records every key's ETag and
+  LastModified in the journal's `s3_index` and invalidates nothing. It runs on the source's
+  thread, not in `start()`: a bucket of a million keys takes minutes to list, longer than a
+  service manager waits for a start. A change made meanwhile is found by the next poll if the
+  listing had passed its key, and is part of the baseline otherwise. A baseline is marked
+  complete only after its last page is written: one that was interrupted is started over. A
+  source whose bucket or prefix changed in the config records a new baseline (and invalidates
+  nothing).
+- **Polls.** The source polls as soon as it starts (on later starts, that finds the changes made
+  while the daemon was stopped), then every `interval` after the previous listing ended. A key
+  missing from the index is CREATED, a key whose ETag or LastModified differ is MODIFIED, an
+  indexed key no longer listed is DELETED. The path is the key less the prefix.
 - **Nothing lost across a crash.** A poll never writes the index. Each change carries a
   receipt, and a key's index row is updated only in `acknowledge`, which the pipeline calls
   after the change is committed to the journal. A crash before that commit leaves the index as
@@ -168,32 +171,29 @@ class S3PollSource:
             return self._started and not self._stopped and self._failures == 0
 
     def start(self) -> None:
-        """Record the baseline if there is none (listing the whole bucket), else check that
-        the bucket can be listed; then poll in the background. Raises `SourceError` if the
-        bucket cannot be listed, or if started twice."""
+        """Check that the bucket can be listed, then poll in the background, at once (the
+        first poll records the baseline if there is none). Raises `SourceError` if the bucket
+        cannot be listed, or if started twice."""
         with self._lock:
             if self._started or self._stopped:
                 raise SourceError(self.name, "start() called twice or after stop()")
             self._started = True
         try:
-            baselined = self._needs_baseline()
-            if baselined:
-                self.poll()
-            else:
-                self._client.list_objects_v2(**self._list_args(), MaxKeys=1)
-        except (ClientError, BotoCoreError, SourceError) as exc:
+            self._client.list_objects_v2(**self._list_args(), MaxKeys=1)
+        except (ClientError, BotoCoreError) as exc:
             with self._lock:
                 self._stopped = True
-            if isinstance(exc, SourceError):
-                raise
             raise SourceError(
                 self.name, f"cannot list s3://{self.bucket}/{self.prefix}: {_describe(exc)}"
             ) from exc
-        self._thread = threading.Thread(
-            target=self._run, args=(not baselined,), name=f"s3-poll-{self.name}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name=f"s3-poll-{self.name}", daemon=True)
         self._thread.start()
-        self._log.info("s3_poll_source_started", prefix=self.prefix, interval=self.interval)
+        self._log.info(
+            "s3_poll_source_started",
+            prefix=self.prefix,
+            interval=self.interval,
+            baseline=self._index.s3_baseline(self.name) is not None,
+        )
 
     def stop(self) -> None:
         """Stop polling; returns once no more changes will be delivered. Idempotent."""
@@ -244,11 +244,8 @@ class S3PollSource:
             self.last_poll = result
             return result
 
-    def _needs_baseline(self) -> bool:
-        return self._index.s3_baseline(self.name) != (self.bucket, self.prefix)
-
-    def _run(self, poll_first: bool) -> None:
-        wait = 0.0 if poll_first else self.interval
+    def _run(self) -> None:
+        wait = 0.0
         while not self._stop_event.wait(wait):
             try:
                 self.poll()
