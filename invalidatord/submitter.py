@@ -172,6 +172,8 @@ class Submitter:
                 return
             batches = plan(state.name, pending, in_flight, self._limits)
             if not batches:
+                if self._others_block(state) and self._reconcile(state):
+                    continue
                 return
             for batch in batches:
                 wildcards = [p for p in batch.paths if is_wildcard(p)]
