@@ -349,7 +349,7 @@ def test_start_fails_clearly_for_a_missing_bucket(
     start with a baseline alike."""
     with pytest.raises(SourceError, match=r"cannot list s3://nope-bucket/: NoSuchBucket"):
         make_source(Collector(), bucket="nope-bucket").start()
-    make_source(Collector()).start()  # records the baseline of the real bucket
+    make_source(Collector()).poll()  # the baseline of the real bucket, from an earlier run
     s3.delete_bucket(Bucket=BUCKET)
     source = make_source(Collector())
     with pytest.raises(SourceError, match=rf"cannot list s3://{BUCKET}/: NoSuchBucket"):
