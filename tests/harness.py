@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
+from invalidatord.emulator import CloudFrontEmulator
 from tests.waiting import wait_for
 
 Event = dict[str, Any]
@@ -57,6 +59,31 @@ def write_config(
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return path
+
+
+def make_site(root: Path, files: dict[str, str]) -> None:
+    """Write `files` (relative path -> text) under `root`, creating folders."""
+    for rel, text in files.items():
+        target = root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+
+
+def received(cloudfront: CloudFrontEmulator) -> set[str]:
+    """Every path CloudFront has been asked to invalidate on the emulator's distribution."""
+    return set(cloudfront.created_paths(cloudfront.distribution_id))
+
+
+def barrier(
+    cloudfront: CloudFrontEmulator,
+    docroot: Path,
+    name: str = "zz-sentinel.txt",
+    timeout: float = 30,
+) -> None:
+    """Touch a sentinel file and wait until CloudFront has its path: every change made before
+    it was flushed by then, so an exact comparison of `received` also proves nothing else came."""
+    (docroot / name).write_text("sentinel")
+    wait_for(lambda: f"/{name}" in received(cloudfront), timeout, what=f"/{name} at CloudFront")
 
 
 def aws_test_env() -> dict[str, str]:
@@ -154,6 +181,17 @@ class DaemonProcess:
         url = self.health_url.rsplit("/", 1)[0] + path
         with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310
             return str(response.read().decode())
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of every sample of `name` in GET /metrics whose labels include `labels`."""
+        total = 0.0
+        for family in text_string_to_metric_families(self.get("/metrics")):
+            for sample in family.samples:
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
+                    total += sample.value
+        return total
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None

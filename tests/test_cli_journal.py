@@ -14,7 +14,7 @@ import pytest
 
 from invalidatord.emulator import CREATE, CloudFrontEmulator
 from tests.conftest import EmulatorFactory
-from tests.harness import DaemonProcess, aws_test_env, write_config
+from tests.harness import DaemonProcess, aws_test_env, received, write_config
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -54,10 +54,6 @@ def running(config: Path) -> Iterator[DaemonProcess]:
         yield proc
     finally:
         proc.kill()
-
-
-def received(cloudfront: CloudFrontEmulator) -> set[str]:
-    return set(cloudfront.created_paths(cloudfront.distribution_id))
 
 
 def status_table(stdout: str) -> dict[str, list[str]]:

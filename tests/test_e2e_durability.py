@@ -6,7 +6,6 @@ wait for its path; everything before it has been flushed by then).
 
 from __future__ import annotations
 
-import re
 import signal
 import time
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import pytest
 from invalidatord.emulator import CREATE, CloudFrontEmulator
 from invalidatord.journal import PLANNED, REJECTED, Journal
 from tests.conftest import EmulatorFactory
-from tests.harness import DaemonProcess, write_config
+from tests.harness import DaemonProcess, barrier, make_site, received, write_config
 from tests.waiting import wait_for
 
 SITE = {
@@ -34,13 +33,6 @@ SITE = {
 
 #: The daemons a test started; each is SIGKILLed after the test if it is still running.
 Daemons = list[DaemonProcess]
-
-
-def make_site(root: Path, files: dict[str, str]) -> None:
-    for rel, text in files.items():
-        target = root / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, encoding="utf-8")
 
 
 @pytest.fixture
@@ -77,38 +69,8 @@ def config_for(
     )
 
 
-def received(cloudfront: CloudFrontEmulator) -> set[str]:
-    return set(cloudfront.created_paths(cloudfront.distribution_id))
-
-
-def barrier(
-    cloudfront: CloudFrontEmulator,
-    docroot: Path,
-    name: str = "zz-sentinel.txt",
-    timeout: float = 30,
-) -> None:
-    (docroot / name).write_text("sentinel")
-    wait_for(lambda: f"/{name}" in received(cloudfront), timeout, what=f"/{name} at CloudFront")
-
-
 def creates(cloudfront: CloudFrontEmulator) -> list[Any]:
     return [r for r in cloudfront.requests if r.op == CREATE]
-
-
-_SAMPLE = re.compile(r"^(\w+)(?:\{([^}]*)\})? ([0-9.e+-]+)$")
-
-
-def metric(proc: DaemonProcess, name: str, **labels: str) -> float:
-    """The sum of every sample of `name` whose labels include `labels` (0 when none)."""
-    total = 0.0
-    for line in proc.get("/metrics").splitlines():
-        match = _SAMPLE.match(line)
-        if match is None or match.group(1) != name:
-            continue
-        have = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
-        if all(have.get(k) == v for k, v in labels.items()):
-            total += float(match.group(3))
-    return total
 
 
 def change_site(docroot: Path) -> set[str]:
@@ -146,7 +108,7 @@ def test_sigkill_inside_the_debounce_window_loses_nothing(
     first.wait_event("baseline_recorded")
     expected = change_site(docroot)
     wait_for(
-        lambda: metric(first, "invalidatord_changes_total", source="docroot", kind="deleted") >= 1,
+        lambda: first.metric("invalidatord_changes_total", source="docroot", kind="deleted") >= 1,
         20,
         what="the daemon to see the deletion (the last change)",
     )
@@ -355,7 +317,7 @@ def test_inotify_overflow_loses_no_change(
     # Still watching every directory, those made during the overflow too.
     barrier(cloudfront, docroot, name="burst/d29/zz-late.html")
     assert received(cloudfront) == expected | {"/burst/d29/zz-late.html"}
-    assert metric(proc, "invalidatord_watcher_overflows_total") >= 1
+    assert proc.metric("invalidatord_watcher_overflows_total") >= 1
 
 
 # ---- 5. Faults ------------------------------------------------------------------------------

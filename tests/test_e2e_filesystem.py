@@ -18,15 +18,8 @@ from pathlib import Path
 import pytest
 
 from invalidatord.emulator import CloudFrontEmulator
-from tests.harness import DaemonProcess, write_config
+from tests.harness import DaemonProcess, barrier, make_site, received, write_config
 from tests.waiting import wait_for
-
-
-def make_site(root: Path, files: dict[str, str]) -> None:
-    for rel, text in files.items():
-        target = root / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, encoding="utf-8")
 
 
 @pytest.fixture
@@ -62,15 +55,6 @@ def daemon(
         yield proc
     finally:
         proc.kill()
-
-
-def received(cloudfront: CloudFrontEmulator) -> set[str]:
-    return set(cloudfront.created_paths(cloudfront.distribution_id))
-
-
-def barrier(cloudfront: CloudFrontEmulator, docroot: Path, name: str = "zz-sentinel.txt") -> None:
-    (docroot / name).write_text("sentinel")
-    wait_for(lambda: f"/{name}" in received(cloudfront), 30, what=f"/{name} at CloudFront")
 
 
 def test_first_start_records_a_baseline_and_invalidates_nothing(

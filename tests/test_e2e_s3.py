@@ -6,7 +6,6 @@ through SNS and through EventBridge. Each test asserts the exact CloudFront path
 from __future__ import annotations
 
 import json
-import re
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -143,22 +142,6 @@ def wait_paths(
             f"waited {timeout}s for {sorted(expected)} at CloudFront, "
             f"got {sorted(set(received(cloudfront)))}; the daemon said:\n{daemon.transcript()}"
         ) from None
-
-
-_SAMPLE = re.compile(r"^(\w+)(?:\{([^}]*)\})? ([0-9.e+-]+)$")
-
-
-def metric(proc: DaemonProcess, name: str, **labels: str) -> float:
-    """The sum of every sample of `name` whose labels include `labels` (0 when none)."""
-    total = 0.0
-    for line in proc.get("/metrics").splitlines():
-        match = _SAMPLE.match(line)
-        if match is None or match.group(1) != name:
-            continue
-        have = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
-        if all(have.get(k) == v for k, v in labels.items()):
-            total += float(match.group(3))
-    return total
 
 
 def multipart(s3: Any, bucket: str, key: str) -> None:
@@ -316,7 +299,7 @@ def test_sigkill_after_receiving_before_committing_redelivers_and_invalidates(
     first = start_daemon(daemons, tmp_path, cloudfront, aws, quiet="60s", max_delay="120s")
     aws.s3.put_object(Bucket=BUCKET, Key="news/today.html", Body=b"1")
     wait_for(
-        lambda: metric(first, "invalidatord_changes_total", source="assets", kind="created") >= 1,
+        lambda: first.metric("invalidatord_changes_total", source="assets", kind="created") >= 1,
         15,
         what="the change seen by the first daemon",
     )
@@ -370,7 +353,7 @@ def test_s3_poll_source_baselines_polls_and_survives_stops_and_a_sigkill(
     daemon = start(quiet="60s")
     daemon.wait_event("s3_poll_done", lambda e: e["created"] == 1)
     wait_for(
-        lambda: metric(daemon, "invalidatord_changes_total", source="static") >= 1,
+        lambda: daemon.metric("invalidatord_changes_total", source="static") >= 1,
         15,
         what="the change seen, inside its quiet window",
     )

@@ -27,7 +27,7 @@ from invalidatord.daemon import Daemon
 from invalidatord.emulator import CloudFrontEmulator
 from invalidatord.metrics import FAMILIES
 from invalidatord.sources.filesystem import OVERFLOW_LOGGER, OVERFLOW_MESSAGE
-from tests.harness import DaemonProcess, aws_test_env, write_config
+from tests.harness import DaemonProcess, aws_test_env, received, write_config
 from tests.waiting import wait_for
 
 #: Probe CloudFront every second (the probe runs at most every reconcile_interval).
@@ -61,10 +61,6 @@ def started(
         yield proc
     finally:
         proc.kill()
-
-
-def received(cloudfront: CloudFrontEmulator) -> set[str]:
-    return set(cloudfront.created_paths(cloudfront.distribution_id))
 
 
 def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
