@@ -80,8 +80,14 @@ def _startup(r: dict[str, Any], path: Path) -> None:
         xs = [j + (i - 0.5) * width for j in range(len(names))]
         ys = [r["median"][mode].get(n, {}).get("ready_s", 0.0) for n in names]
         ax.bar(xs, ys, width, label=f"{mode}: ready")
-        scan = [r["median"][mode].get(n, {}).get("scan_done_s", 0.0) for n in names]
-        ax.scatter(xs, scan, marker="_", s=300, color="black", zorder=3)
+        ticks = [
+            (x, r["median"][mode][n]["scan_done_s"])
+            for x, n in zip(xs, names, strict=True)
+            if "scan_done_s" in r["median"][mode].get(n, {})
+        ]
+        ax.scatter(
+            [x for x, _ in ticks], [y for _, y in ticks], marker="_", s=300, color="black", zorder=3
+        )
     ax.set_xticks(
         range(len(names)),
         ["first start", "restart", "import only", "watchdog", "inotifywait", "walk"],

@@ -362,6 +362,17 @@ def _first_child(pid: int) -> int:
     return int(kids[0]) if kids else 0
 
 
+def covered(urls: Iterable[str], wanted: set[str]) -> set[str]:
+    """The paths of `wanted` that `urls` invalidate: each one named, or under a wildcard
+    (`/dir/*` covers every path starting `/dir/`; the planner collapses paths into them)."""
+    named = set(urls)
+    hit = wanted & named
+    prefixes = tuple(u[:-1] for u in named if u.endswith("*"))
+    if prefixes and len(hit) < len(wanted):
+        hit |= {p for p in wanted - hit if p.startswith(prefixes)}
+    return hit
+
+
 class JournalProbe:
     """Reads the daemon's journal from outside (WAL: readers never block the writer) to learn
     which URL paths are accepted: pending, or already in a batch."""
@@ -383,21 +394,22 @@ class JournalProbe:
             return 0
         return int(db.execute("SELECT coalesce(max(id), 0) FROM batches").fetchone()[0])
 
-    def count(self, since_batch: int = 0) -> int:
-        """Pending rows plus paths in batches after `since_batch` (may count a path twice)."""
+    def count(self, since_batch: int = 0) -> tuple[int, int]:
+        """(pending rows plus file paths in batches after `since_batch`, wildcard paths in
+        those batches): a cheap upper bound of what is accepted, while no wildcard is."""
         db = self._conn()
         if db is None:
-            return 0
+            return 0, 0
         try:
             pending = db.execute("SELECT count(*) FROM pending").fetchone()[0]
-            batched = db.execute(
-                "SELECT coalesce(sum(files + wildcards), 0) FROM batches "
+            files, wildcards = db.execute(
+                "SELECT coalesce(sum(files), 0), coalesce(sum(wildcards), 0) FROM batches "
                 "WHERE id > ? AND state != 'split'",
                 (since_batch,),
-            ).fetchone()[0]
+            ).fetchone()
         except sqlite3.OperationalError:  # the schema is not there yet
-            return 0
-        return int(pending) + int(batched)
+            return 0, 0
+        return int(pending) + int(files), int(wildcards)
 
     def urls(self, since_batch: int = 0) -> set[str]:
         db = self._conn()
@@ -425,9 +437,10 @@ class JournalProbe:
 
     def accepted(self, expected: set[str], since_batch: int = 0) -> bool:
         """Every URL of `expected` is accepted (the cheap count first, the set only then)."""
-        if self.count(since_batch) < len(expected):
+        files, wildcards = self.count(since_batch)
+        if not wildcards and files < len(expected):
             return False
-        return expected <= self.urls(since_batch)
+        return len(covered(self.urls(since_batch), expected)) == len(expected)
 
     def close(self) -> None:
         if self._db is not None:

@@ -36,7 +36,7 @@ CASES = ("throughput", "latency", "startup", "catchup", "alternatives")
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--quick", action="store_true", help="small sizes (under a minute)")
-    p.add_argument("--reps", type=int, default=None, help="repetitions (default 3, quick 2)")
+    p.add_argument("--reps", type=int, default=None, help="repetitions (default 3, quick 1)")
     p.add_argument(
         "--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}"
     )
@@ -144,7 +144,7 @@ def _meta(sizes: cases.Sizes, reps: int, queue: dict[str, Any]) -> dict[str, Any
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     sizes = cases.QUICK if args.quick else cases.FULL
-    reps = args.reps or (2 if args.quick else 3)
+    reps = args.reps or (1 if args.quick else 3)
     wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = set(wanted) - set(CASES)
     if unknown:
@@ -357,6 +357,7 @@ def report(r: dict[str, Any]) -> str:
         for name, rr in alt.get("ratios", {}).items():
             lines.append(
                 f"   {name} vs invalidatord: {_f(rr['api_calls_x'], 'x', 0)} calls, "
+                f"{_f(rr['billed_paths_x'], 'x', 0)} billed paths, "
                 f"{_f(rr['wall_x'], 'x')} wall, {_f(rr['cpu_x'], 'x')} cpu"
             )
     prof = r.get("profile")

@@ -54,15 +54,18 @@ def page(n: int) -> bytes:
 
 
 def ensure_tree(root: Path, rels: list[str]) -> None:
-    """`rels` exist under `root` (created once; a rerun with the same sizes reuses them)."""
-    marker = root.parent / f".complete-{len(rels)}"
-    if marker.exists() and root.exists():
+    """`rels` exist under `root` (made once; a rerun with the same layout reuses the tree, and
+    its files' contents may differ from the first ones)."""
+    marker = root.parent / f".{root.name}.layout"
+    layout_id = f"{len(rels)} {rels[0]} {rels[-1]}\n"
+    if root.exists() and marker.exists() and marker.read_text() == layout_id:
         return
+    marker.unlink(missing_ok=True)
     if root.exists():
         shutil.rmtree(root)
     make_dirs(root, rels)
     write_files(root, rels, page(0))
-    marker.touch()
+    marker.write_text(layout_id)
 
 
 def drop_caches() -> bool:
