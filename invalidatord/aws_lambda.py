@@ -54,7 +54,7 @@ from invalidatord.contracts import CloudFront
 from invalidatord.errors import ConfigError, InvalidPaths, SinkError
 from invalidatord.mapping import Mapper
 from invalidatord.model import InFlight, is_wildcard
-from invalidatord.planner import Limits, covers, make_plan
+from invalidatord.planner import covers, make_plan
 from invalidatord.s3events import EXCERPT_CHARS, MalformedMessage, parse_message
 
 __all__ = ["LambdaApp", "config_path", "handler"]
@@ -131,10 +131,7 @@ class LambdaApp:
         self.cfg = cfg
         self.cloudfront = cloudfront
         self.mapper = Mapper(cfg.mapping_rules())
-        self.limits = Limits(
-            headroom_files=cfg.invalidation.headroom_files,
-            headroom_wildcards=cfg.invalidation.headroom_wildcards,
-        )
+        self.limits = cfg.invalidation.limits()
         self.sources = [
             _Source(s.name, s.bucket, _directory(s.prefix), _queue_of_url(s.queue_url))
             for s in cfg.sources

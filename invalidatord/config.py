@@ -42,6 +42,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from invalidatord.errors import ConfigError
 from invalidatord.mapping import Rule, check_url_template, compile_match
 from invalidatord.model import DEFAULT_IGNORE
+from invalidatord.planner import Limits
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -494,6 +495,18 @@ class InvalidationConfig(_Model):
     reconcile_interval: Duration = 300.0
     #: the longest wait between retries when CloudFront keeps refusing
     max_backoff: Duration = 300.0
+    #: a directory with at least this many changed paths pending is invalidated as one
+    #: `/dir/*` (billed as one path, fewer requests; also invalidates its unchanged files);
+    #: None = always send each path
+    collapse_threshold: StrictInt | None = Field(default=100, ge=2)
+
+    def limits(self) -> Limits:
+        """The planner's limits under this config."""
+        return Limits(
+            headroom_files=self.headroom_files,
+            headroom_wildcards=self.headroom_wildcards,
+            collapse_threshold=self.collapse_threshold,
+        )
 
     @field_validator("poll_interval", "reconcile_interval", "max_backoff")
     @classmethod

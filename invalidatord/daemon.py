@@ -98,10 +98,7 @@ def mapper_for(cfg: Config) -> Mapper:
 
 
 def limits_for(cfg: Config) -> Limits:
-    return Limits(
-        headroom_files=cfg.invalidation.headroom_files,
-        headroom_wildcards=cfg.invalidation.headroom_wildcards,
-    )
+    return cfg.invalidation.limits()
 
 
 def session_for(cfg: Config) -> Any:

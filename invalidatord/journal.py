@@ -134,6 +134,13 @@ def _unkey(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
+def _wildcard_range(wildcard: str) -> tuple[str, str]:
+    """The text range of the paths a wildcard `/dir/*` covers: from `/dir/` up to the next
+    string that does not start with it (URL paths are encoded ASCII)."""
+    prefix = wildcard[:-1]
+    return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else "\x7f"
+
+
 def _prefix_range(prefix: str) -> tuple[bytes, bytes] | None:
     """Byte range holding `prefix` itself and everything under `prefix/` (None = everything)."""
     if not prefix:
@@ -266,22 +273,38 @@ class Journal:
         self, distribution: str, paths: Sequence[str], consumed: Sequence[str]
     ) -> BatchRecord:
         """Move `consumed` pending paths (the batch's own and those its wildcards cover) into a
-        new planned batch, atomically."""
+        new planned batch, atomically. Every other pending path a wildcard of the batch covers
+        goes too: the invalidation will cover it (the planner may have seen only some of them)."""
         now = self._clock()
+        wanted = set(paths)
+        ranges = [_wildcard_range(p) for p in paths if is_wildcard(p)]
         with self._tx() as db:
-            marks = ",".join("?" * len(consumed))
-            rows = db.execute(
-                f"SELECT path, first_seen, origin FROM pending "  # noqa: S608 - placeholders only
-                f"WHERE distribution = ? AND path IN ({marks})",
-                (distribution, *consumed),
-            ).fetchall()
+            rows: list[Any] = []
+            for start in range(0, len(consumed), 500):
+                chunk = consumed[start : start + 500]
+                rows += db.execute(
+                    f"SELECT path, first_seen, origin FROM pending "  # noqa: S608 - placeholders
+                    f"WHERE distribution = ? AND path IN ({','.join('?' * len(chunk))})",
+                    (distribution, *chunk),
+                ).fetchall()
+            for low, high in ranges:
+                rows += db.execute(
+                    "SELECT path, first_seen, origin FROM pending "
+                    "WHERE distribution = ? AND path >= ? AND path < ?",
+                    (distribution, low, high),
+                ).fetchall()
             first_seen = min((float(r[1]) for r in rows), default=now)
-            origins = {str(r[0]): str(r[2] or "") for r in rows if r[0] in set(paths)}
+            origins = {str(r[0]): str(r[2] or "") for r in rows if r[0] in wanted}
             batch_id = self._insert_batch(db, distribution, paths, origins, first_seen, now)
-            db.execute(
-                f"DELETE FROM pending WHERE distribution = ? AND path IN ({marks})",  # noqa: S608
-                (distribution, *consumed),
+            db.executemany(
+                "DELETE FROM pending WHERE distribution = ? AND path = ?",
+                ((distribution, p) for p in consumed),
             )
+            for low, high in ranges:
+                db.execute(
+                    "DELETE FROM pending WHERE distribution = ? AND path >= ? AND path < ?",
+                    (distribution, low, high),
+                )
         return self.batch(batch_id)
 
     def _insert_batch(

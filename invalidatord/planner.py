@@ -14,12 +14,16 @@ The rules (CLOUDFRONT.md):
 - Each batch (one CreateInvalidation request) carries at most `max_paths_per_batch` file paths
   and at most 15 wildcard paths; batches keep the oldest-first order.
 
-This first version plans the wildcards it is given. Collapsing many file paths into a wildcard
-when a cost policy says so is a later step that slots in before `_choose_wildcards`.
+Cost policy (`Limits.collapse_threshold`): a wildcard is billed as one path however much it
+covers, so a directory with at least that many pending paths is invalidated as `/dir/*`
+instead (never `/*`: clearing the whole distribution is left to people). Deepest directories
+are chosen first, which invalidates the least that did not change; when that needs more
+wildcards than there is room for, sibling directories are lifted into their parent.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -41,6 +45,8 @@ class Limits:
     headroom_files: int = 100  # left for people invalidating by hand
     headroom_wildcards: int = 2
     max_paths_per_batch: int = 3000  # one request never carries more file paths than this
+    #: a directory with at least this many pending paths goes as one `/dir/*`; None = never
+    collapse_threshold: int | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -52,6 +58,10 @@ class Limits:
             value = getattr(self, name)
             if value < 0:
                 raise ValueError(f"planner limit {name} must be >= 0, got {value!r}")
+        if self.collapse_threshold is not None and self.collapse_threshold < 2:
+            raise ValueError(
+                f"planner limit collapse_threshold must be >= 2, got {self.collapse_threshold!r}"
+            )
         if self.max_paths_per_batch < 1:
             raise ValueError(
                 f"planner limit max_paths_per_batch must be >= 1, got {self.max_paths_per_batch!r}"
@@ -108,8 +118,13 @@ def make_plan(
     capacity = limits.capacity(in_flight)
     unique = list(dict.fromkeys(pending))  # first occurrence wins: keeps oldest-first order
 
-    chosen = _choose_wildcards((p for p in unique if is_wildcard(p)), capacity.wildcards)
+    given = [p for p in unique if is_wildcard(p)]
+    if limits.collapse_threshold is not None:
+        files = [p for p in unique if not is_wildcard(p)]
+        given += collapse(files, limits.collapse_threshold, capacity.wildcards)
+    chosen = _choose_wildcards(given, capacity.wildcards)
     prefixes = tuple(w[:-1] for w in chosen)
+    made = sorted(chosen - set(unique))  # collapsed wildcards: planned before what they cover
 
     planned: list[str] = []
     covered: list[str] = []
@@ -119,6 +134,11 @@ def make_plan(
         if path in chosen:
             planned.append(path)
         elif prefixes and path.startswith(prefixes):
+            for wildcard in made:
+                if path.startswith(wildcard[:-1]):
+                    planned.append(wildcard)
+                    made.remove(wildcard)
+                    break
             covered.append(path)
         elif is_wildcard(path):
             deferred.append(path)
@@ -130,6 +150,56 @@ def make_plan(
 
     batches = _pack(distribution, planned, limits.max_paths_per_batch)
     return Plan(batches=batches, covered=tuple(covered), deferred=tuple(deferred))
+
+
+def _parent(directory: str) -> str:
+    """`/a/b/` -> `/a/`; `/a/` -> `/`."""
+    return directory[: directory.rstrip("/").rfind("/") + 1]
+
+
+def collapse(files: Sequence[str], threshold: int, room: int) -> list[str]:
+    """Wildcards `/dir/*` for directories holding at least `threshold` of `files` (file URL
+    paths), at most `room` of them, none inside another, never `/*`; in the order of the first
+    path each covers."""
+    if room <= 0:
+        return []
+    counts: Counter[str] = Counter()
+    for path in files:
+        i = path.find("/", 1)
+        while i != -1:
+            counts[path[: i + 1]] += 1
+            i = path.find("/", i + 1)
+    candidates = sorted(
+        (d for d, n in counts.items() if n >= threshold), key=lambda d: (-d.count("/"), d)
+    )
+    chosen: list[str] = []
+    taken: Counter[str] = Counter()  # paths under a directory already covered by chosen ones
+    for directory in candidates:  # deepest first
+        newly = counts[directory] - taken[directory]
+        if newly < threshold:
+            continue
+        chosen = [c for c in chosen if not c.startswith(directory)]
+        chosen.append(directory)
+        ancestor = _parent(directory)
+        while ancestor != "/":
+            taken[ancestor] += newly
+            ancestor = _parent(ancestor)
+        taken[directory] = counts[directory]
+    while len(chosen) > room:
+        # lift the siblings that share a parent into it (the deepest such parent first)
+        parents = Counter(_parent(c) for c in chosen if _parent(c) != "/")
+        best = max(parents.items(), key=lambda kv: (kv[1], kv[0].count("/"), kv[0]), default=None)
+        if best is None or best[1] < 2:
+            break
+        chosen = [c for c in chosen if not c.startswith(best[0])] + [best[0]]
+    if len(chosen) > room:
+        chosen = sorted(chosen, key=lambda d: (-counts[d], d))[:room]
+    first = {}
+    for index, path in enumerate(files):
+        for directory in chosen:
+            if directory not in first and path.startswith(directory):
+                first[directory] = index
+    return [d + "*" for d in sorted(chosen, key=lambda d: first.get(d, 0))]
 
 
 def _choose_wildcards(wildcards: Iterable[str], capacity: int) -> set[str]:

@@ -43,6 +43,8 @@ from invalidatord.planner import Limits, covers, plan
 log = structlog.get_logger(__name__)
 
 _FIRST_BACKOFF = 1.0
+#: how many pending paths the planner sees when it may collapse them into wildcards
+COLLAPSE_LOOKAHEAD = 50_000
 
 
 @dataclass
@@ -167,7 +169,12 @@ class Submitter:
                 if self._others_block(state) and self._reconcile(state):
                     continue  # learnt afresh what others still have in flight
                 return
-            pending = self._journal.pending_paths(state.name, room.files + room.wildcards)
+            # with a collapse policy, look at more than fits: a directory's worth of paths
+            # may go as one wildcard
+            wanted = room.files + room.wildcards
+            if self._limits.collapse_threshold is not None and room.wildcards:
+                wanted = max(wanted, COLLAPSE_LOOKAHEAD)
+            pending = self._journal.pending_paths(state.name, wanted)
             if not pending:
                 return
             batches = plan(state.name, pending, in_flight, self._limits)

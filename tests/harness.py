@@ -47,7 +47,12 @@ def write_config(
             {"match": "**", "urls": ["/{path}"]},
         ],
         "debounce": {"quiet": quiet, "max_delay": max_delay},
-        "invalidation": {"poll_interval": "200ms", "reconcile_interval": "5s"},
+        # per-path tests by default; collapsing into wildcards has tests of its own
+        "invalidation": {
+            "poll_interval": "200ms",
+            "reconcile_interval": "5s",
+            "collapse_threshold": None,
+        },
         "metrics": {"listen": "127.0.0.1:0"},
         "log": {"format": "json", "level": "info"},
     }

@@ -204,6 +204,38 @@ def test_a_burst_of_5000_files_is_a_handful_of_requests(
     assert received(cloudfront) == expected
 
 
+def test_a_deploy_of_5000_files_collapses_into_one_wildcard(
+    tmp_path: Path, docroot: Path, cloudfront: CloudFrontEmulator
+) -> None:
+    """With the default cost policy (collapse at 100 paths a directory), 5,000 new files in 50
+    directories need more wildcards than CloudFront allows in flight, so they are lifted into
+    their common parent: one request, one billed path, every file covered."""
+    config = write_config(
+        tmp_path,
+        root=docroot,
+        endpoint=cloudfront.endpoint_url,
+        distribution_id=cloudfront.distribution_id,
+        quiet="1s",
+        extra={"invalidation": {"collapse_threshold": 100}},
+    )
+    proc = DaemonProcess("run", "-c", str(config)).start()
+    try:
+        proc.wait_ready()
+        for d in range(50):
+            folder = docroot / f"deploy/d{d:02}"
+            folder.mkdir(parents=True)
+            for i in range(100):
+                (folder / f"f{i:03}.html").write_text("x")
+        barrier(cloudfront, docroot)
+        assert received(cloudfront) == {"/deploy/*", "/zz-sentinel.txt"}
+        creates = [
+            r for r in cloudfront.requests if r.op == "CreateInvalidation" and r.status == 201
+        ]
+        assert len(creates) <= 2  # the burst, and the sentinel unless it joined the burst
+    finally:
+        proc.kill()
+
+
 def test_sigterm_flushes_what_is_still_debouncing(
     tmp_path: Path, docroot: Path, cloudfront: CloudFrontEmulator
 ) -> None:

@@ -144,3 +144,12 @@ def test_second_process_reads_while_writer_holds_it(tmp_path: Path) -> None:
     assert reader.pending_paths("www", 10) == ["/a"]
     _accept(writer, "/b")
     assert reader.pending_count() == 2
+
+
+def test_a_wildcard_batch_consumes_every_pending_path_it_covers(tmp_path: Path) -> None:
+    """Planning `/img/*` removes all pending paths under /img/ (even those the planner did not
+    see), and nothing outside it."""
+    j = Journal(tmp_path / "j.sqlite")
+    _accept(j, "/img/a.png", "/img/sub/b.png", "/img/*", "/imgx/c.png", "/index.html")
+    j.create_batch("www", ["/img/*"], ["/img/*"])
+    assert sorted(j.pending_paths("www", 10)) == ["/imgx/c.png", "/index.html"]

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from invalidatord.model import Batch, InFlight, is_wildcard
-from invalidatord.planner import Limits, Plan, covers, make_plan, plan
+from invalidatord.planner import Limits, Plan, collapse, covers, make_plan, plan
 
 DIST = "www"
 
@@ -252,3 +252,98 @@ def test_property_nested_wildcards_use_capacity_fully(
     every path, plans nothing redundant, and defers a wildcard only when capacity is used up."""
     limits = Limits(max_wildcards_in_flight=wildcard_capacity, headroom_wildcards=0)
     _check(pending, InFlight(), limits, make_plan(DIST, pending, InFlight(), limits))
+
+
+# -- the cost policy: collapsing a directory's paths into one wildcard ------------------------
+
+
+def _tree(**dirs: int) -> list[str]:
+    """`_tree(a_b=3)` -> /a/b/f0.html, /a/b/f1.html, /a/b/f2.html."""
+    return [f"/{d.replace('_', '/')}/f{i}.html" for d, n in dirs.items() for i in range(n)]
+
+
+def test_collapse_prefers_the_deepest_directories() -> None:
+    """Two directories over the threshold become two narrow wildcards, not their parent's."""
+    files = _tree(a_b=100, a_c=100, a_d=5)
+    assert collapse(files, threshold=100, room=13) == ["/a/b/*", "/a/c/*"]
+
+
+def test_collapse_counts_what_children_leave_uncovered() -> None:
+    """A parent is chosen only for the paths its chosen children do not already cover."""
+    assert collapse(_tree(a_b=100, a=60), threshold=100, room=13) == ["/a/b/*"]
+    assert collapse(_tree(a_b=100, a=100), threshold=100, room=13) == ["/a/*"]
+
+
+def test_collapse_lifts_siblings_into_their_parent_when_room_is_short() -> None:
+    """50 directories of 100 files with room for 13 wildcards: one wildcard on their parent."""
+    files = _tree(**{f"deploy_d{d:02}": 100 for d in range(50)})
+    assert collapse(files, threshold=100, room=13) == ["/deploy/*"]
+
+
+def test_collapse_never_clears_the_whole_distribution() -> None:
+    """Top-level files never collapse into `/*`, however many there are."""
+    assert collapse([f"/f{i}.html" for i in range(500)], threshold=100, room=13) == []
+
+
+def test_collapse_below_threshold_or_without_room_is_nothing() -> None:
+    """Too few paths, or no wildcard room: every path goes as itself."""
+    assert collapse(_tree(a=99), threshold=100, room=13) == []
+    assert collapse(_tree(a=500), threshold=100, room=0) == []
+
+
+def test_plan_with_collapse_sends_the_wildcard_and_covers_its_files() -> None:
+    """The wildcard is planned where its first path was; the paths it covers are `covered`;
+    files elsewhere still go as files."""
+    pending = [*_tree(img=150), "/index.html", "/about/"]
+    p = make_plan(DIST, pending, InFlight(), Limits(collapse_threshold=100))
+    assert p.planned == ("/img/*", "/index.html", "/about/")
+    assert sorted(p.covered) == sorted(_tree(img=150))
+    assert p.deferred == ()
+
+
+def test_collapse_threshold_must_be_at_least_two() -> None:
+    """A threshold of 1 would turn every file into a wildcard of its directory."""
+    with pytest.raises(ValueError, match="collapse_threshold"):
+        Limits(collapse_threshold=1)
+
+
+@settings(deadline=None, max_examples=200)
+@given(
+    pending=st.lists(_path, max_size=60),
+    in_flight=_in_flight,
+    limits=_limits,
+    threshold=st.integers(2, 6),
+)
+def test_property_collapse_loses_nothing_and_respects_every_limit(
+    pending: list[str], in_flight: InFlight, limits: Limits, threshold: int
+) -> None:
+    """With a collapse policy every distinct pending path is still planned, covered by a planned
+    wildcard, or deferred; a made-up wildcard is never `/*` and covers at least `threshold`
+    pending files; no batch and no plan exceeds a limit."""
+    limits = Limits(
+        max_files_in_flight=limits.max_files_in_flight,
+        max_wildcards_in_flight=limits.max_wildcards_in_flight,
+        headroom_files=limits.headroom_files,
+        headroom_wildcards=limits.headroom_wildcards,
+        max_paths_per_batch=limits.max_paths_per_batch,
+        collapse_threshold=threshold,
+    )
+    p = make_plan(DIST, pending, in_flight, limits)
+    unique = list(dict.fromkeys(pending))
+    made = [w for w in p.planned if w not in set(unique)]
+    own = [x for x in p.planned if x in set(unique)]
+    assert len(p.planned) == len(set(p.planned))
+    assert sorted([*own, *p.covered, *p.deferred]) == sorted(unique)
+    planned_wild = [w for w in p.planned if is_wildcard(w)]
+    for x in p.covered:
+        assert any(covers(w, x) for w in planned_wild)
+    for w in made:
+        assert is_wildcard(w)
+        assert w != "/*"
+        assert sum(1 for x in unique if not is_wildcard(x) and covers(w, x)) >= threshold
+    cap = limits.capacity(in_flight)
+    assert p.total.files <= cap.files
+    assert p.total.wildcards <= cap.wildcards
+    for b in p.batches:
+        assert b.files <= limits.max_paths_per_batch
+        assert b.wildcards <= 15

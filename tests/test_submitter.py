@@ -292,3 +292,17 @@ def test_when_others_fill_the_room_their_completion_is_noticed_within_poll_inter
     clock.now += 5
     sub.cycle()
     assert "/ours.html" in cloudfront.created_paths(cloudfront.distribution_id)
+
+
+def test_a_big_deploy_collapses_into_one_request(
+    journal: Journal, cloudfront: CloudFrontEmulator, make_submitter: Callable[..., Submitter]
+) -> None:
+    """12,000 pending paths in 60 directories with the cost policy on: one CreateInvalidation
+    with one wildcard, and nothing left pending."""
+    paths = [f"/deploy/d{d:02}/f{i:03}.html" for d in range(60) for i in range(200)]
+    queue(journal, paths)
+    sub = make_submitter(limits=Limits(collapse_threshold=100))
+    sub.cycle()
+    assert cloudfront.created_paths(cloudfront.distribution_id) == ["/deploy/*"]
+    assert len(creates(cloudfront)) == 1
+    assert journal.pending_count() == 0
