@@ -1,6 +1,7 @@
 """Profiles of the daemon under the throughput drain and the catch-up scan, with py-spy.
 
-py-spy samples the live process from outside (no code change, no tracing overhead inside).
+py-spy samples the live process from outside (no code change, no tracing overhead inside;
+`--nonblocking`: the daemon is never paused to be sampled).
 Its raw output is "frame;frame;... count" per distinct stack; this module folds it into the
 hot spots: self samples per function (the leaf frame) and inclusive samples (any frame of the
 stack), and samples per thread.
@@ -8,6 +9,7 @@ stack), and samples per thread.
 
 from __future__ import annotations
 
+import contextlib
 import linecache
 import os
 import random
@@ -149,7 +151,7 @@ def fold(raw: Path, top: int = 25) -> dict[str, Any]:
 def _record_pid(spy: str, pid: int, out: Path) -> subprocess.Popen[bytes]:
     return spawn(
         [spy, "record", "--pid", str(pid), "--rate", str(RATE), "--format", "raw",
-         "--threads", "--output", str(out)],
+         "--threads", "--nonblocking", "--output", str(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
 
@@ -221,8 +223,10 @@ def profile_catchup(ctx: Ctx, st: StartTree, spy: str) -> dict[str, Any]:
     tree.prewarm(st.root)
     since = probe.max_batch_id()
     out = ctx.out / "profile-catchup.txt"
+    # --nonblocking: py-spy then never ptrace-stops the daemon, which otherwise may miss the
+    # SIGTERM sent to end the run (seen with py-spy 0.4.3: the daemon stays in tracing stop).
     wrapper = [spy, "record", "--rate", str(RATE), "--format", "raw", "--threads",
-               "--output", str(out), "--"]  # fmt: skip
+               "--nonblocking", "--output", str(out), "--"]  # fmt: skip
     daemon = Daemon(st.config, wrap=wrapper)
     try:
         daemon.wait_ready()
@@ -233,6 +237,9 @@ def profile_catchup(ctx: Ctx, st: StartTree, spy: str) -> dict[str, Any]:
     finally:
         probe.close()
         if daemon.proc.poll() is None:
+            # the daemon first: once py-spy is gone it would be re-parented and out of reach
+            with contextlib.suppress(ProcessLookupError, BenchError):
+                os.kill(daemon.pid, signal.SIGKILL)
             daemon.stop()
     if not out.exists():
         raise BenchError("py-spy wrote no profile for the catch-up run")
