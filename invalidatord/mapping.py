@@ -231,6 +231,7 @@ class _CompiledRule:
     source: str | None
     distributions: tuple[str, ...]
     templates: tuple[tuple[_Part, ...], ...]
+    used: frozenset[str]  # the variables its templates use: only those are encoded
 
 
 def _fields(path: str) -> dict[str, str]:
@@ -267,7 +268,10 @@ class Mapper:
                 templates = tuple(_encode_literals(_parse_template(t)) for t in rule.urls)
             except ValueError as exc:
                 raise ValueError(f"rules[{index}]: {exc}") from None
-            compiled.append(_CompiledRule(matches, rule.source, rule.distributions, templates))
+            used = frozenset(text for parts in templates for is_var, text in parts if is_var)
+            compiled.append(
+                _CompiledRule(matches, rule.source, rule.distributions, templates, used)
+            )
         self._rules = tuple(compiled)
 
     def map(self, source: str, path: str) -> Mapped:
@@ -281,7 +285,7 @@ class Mapper:
         if not rule.templates or not rule.distributions:
             return Mapped(urls={}, rule=index, rejected=())
         try:
-            values = {k: _encode_value(v) for k, v in _fields(path).items()}
+            values = {k: _encode_value(v) for k, v in _fields(path).items() if k in rule.used}
         except ValueError as exc:
             shown = path.encode("utf-8", "backslashreplace").decode("utf-8")
             return Mapped(urls={}, rule=index, rejected=((normalise(shown), str(exc)),))

@@ -34,6 +34,8 @@ log = structlog.get_logger(__name__)
 
 #: How many queued changes one loop iteration takes before checking for due flushes.
 _DRAIN_MAX = 20_000
+#: Paths per journal transaction when a flush is accepted.
+_ACCEPT_CHUNK = 2_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,26 +195,57 @@ class Pipeline:
             else:
                 files[c.path] = c
         scanner = self._scanners.get(source)
-        index_updates: list[tuple[str, str, FileStat | None]] = []
-        keep: list[str]
         if scanner is not None:
             for r in rescans:
                 self._rescan_into(source, scanner, r, files)
-            known = self._journal.index_get(source, files)
-            keep = []
-            for path in files:
-                st = scanner.stat(path)
-                if st is None and path not in known:
-                    # Created and gone again inside one window (rsync temp files, vim's 4913
-                    # probe): CloudFront never saw it and the index never knew it.
-                    continue
-                index_updates.append((source, path, st))
-                keep.append(path)
-        else:
-            keep = list(files)
+        paths = list(files)
+        kept = urls = 0
+        # Commit in chunks, so a huge flush (a rescan of a large tree) never holds all its URL
+        # paths in memory at once; wake the submitter only once the whole flush is in, so one
+        # deploy is planned as one batch (waking it earlier splits it into several requests,
+        # and into several wildcards where it would have collapsed into one).
+        for start in range(0, len(paths), _ACCEPT_CHUNK):
+            chunk = paths[start : start + _ACCEPT_CHUNK]
+            keep, index_updates = (
+                self._still_relevant(source, scanner, chunk) if scanner else (chunk, [])
+            )
+            accepted = self._map(source, keep, files)
+            self._journal.accept(accepted, index_updates, {f"changes_accepted:{source}": len(keep)})
+            for distribution, n in Counter(u.distribution for u in accepted).items():
+                self._metrics.accepted.labels(distribution).inc(n)
+            kept += len(keep)
+            urls += len(accepted)
+        # Only now is every change of the flush committed: the sources may forget them.
+        receipts = [*self._held_receipts.pop(source, []), *flush.receipts]
+        if receipts:
+            self._sources[source].acknowledge(receipts)
+        self.accepted_paths += urls
+        log.info(
+            "changes_accepted", source=source, changes=kept, dropped=len(files) - kept, urls=urls
+        )
+        if urls:
+            self._on_accepted()
 
-        urls: list[Accepted] = []
-        for path in keep:
+    def _still_relevant(
+        self, source: str, scanner: TreeScanner, paths: list[str]
+    ) -> tuple[list[str], list[tuple[str, str, FileStat | None]]]:
+        """The paths worth invalidating, and the catch-up index updates that go with them."""
+        known = self._journal.index_get(source, paths)
+        keep: list[str] = []
+        index_updates: list[tuple[str, str, FileStat | None]] = []
+        for path in paths:
+            st = scanner.stat(path)
+            if st is None and path not in known:
+                # Created and gone again inside one window (rsync temp files, vim's 4913
+                # probe): CloudFront never saw it and the index never knew it.
+                continue
+            index_updates.append((source, path, st))
+            keep.append(path)
+        return keep, index_updates
+
+    def _map(self, source: str, paths: list[str], files: dict[str, Coalesced]) -> list[Accepted]:
+        accepted: list[Accepted] = []
+        for path in paths:
             mapped = self._mapper.map(source, path)
             for url, reason in mapped.rejected:
                 log.warning("path_not_sendable", source=source, path=path, url=url, reason=reason)
@@ -224,24 +257,8 @@ class Pipeline:
             origin = f"{source}:{readable}"
             for distribution, dist_urls in mapped.urls.items():
                 for url in dist_urls:
-                    urls.append(Accepted(distribution, url, first_seen, origin))
-
-        self._journal.accept(urls, index_updates, {f"changes_accepted:{source}": len(keep)})
-        receipts = [*self._held_receipts.pop(source, []), *flush.receipts]
-        if receipts:
-            self._sources[source].acknowledge(receipts)
-        for distribution, n in Counter(u.distribution for u in urls).items():
-            self._metrics.accepted.labels(distribution).inc(n)
-        self.accepted_paths += len(urls)
-        log.info(
-            "changes_accepted",
-            source=source,
-            changes=len(keep),
-            dropped=len(files) - len(keep),
-            urls=len(urls),
-        )
-        if urls:
-            self._on_accepted()
+                    accepted.append(Accepted(distribution, url, first_seen, origin))
+        return accepted
 
     def _rescan_into(
         self, source: str, scanner: TreeScanner, rescan: Coalesced, files: dict[str, Coalesced]
