@@ -6,8 +6,10 @@ Start-up order (each step only once the previous one holds):
   3. preflight: each distribution answers a cheap ListInvalidations (AccessDenied or
      NoSuchDistribution stops the start with a clear error naming the distribution; an outage
      only degrades health: changes are journaled and submitted once CloudFront answers);
-  4. sources started (each returns once watching); filesystem sources record their baseline on
-     the very first start, or queue a catch-up scan of the whole tree on every later one;
+  4. sources started (each returns once watching); filesystem sources queue their start-up
+     scan: on the very first start, recording the baseline (the pipeline runs it before it takes
+     any change, so changes seen meanwhile are judged against the finished baseline); on every
+     later one, a catch-up diff of the whole tree;
   5. pipeline, submitter and scheduled jobs (status poll, reconcile, CloudFront probe,
      safety-net rescans, gauges) started;
   6. READY=1 (and from then on WATCHDOG=1 from the pipeline loop).
@@ -35,6 +37,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import fcntl
+import functools
 import os
 import signal
 import threading
@@ -259,8 +262,7 @@ class Daemon:
         for source in self.sources.values():
             source.start()
             log.info("source_watching", source=source.name)
-        self._catch_up()
-        self.pipeline.start()
+        self.pipeline.start(first=self._catch_up())
         self.submitter.start()
         self._started = True
         self._start_scheduler()
@@ -396,23 +398,31 @@ class Daemon:
                     self.metrics.overflows.labels(name).inc(new)
                     self._overflows_seen[name] = count
 
-    def _catch_up(self) -> None:
+    def _catch_up(self) -> list[Callable[[], None]]:
+        """Queue each filesystem source's start-up work; returns the first-start baselines,
+        which the pipeline runs before it takes any change (READY does not wait for them)."""
         assert self.journal is not None
         assert self.pipeline is not None
+        baselines: list[Callable[[], None]] = []
         for name, scanner in self.scanners.items():
             if not self.journal.baseline_recorded(name):
-                started = time.monotonic()
-                count = self.journal.record_baseline(name, scanner.scan(""))
-                log.info(
-                    "baseline_recorded",
-                    source=name,
-                    files=count,
-                    seconds=round(time.monotonic() - started, 3),
-                )
+                baselines.append(functools.partial(self._record_baseline, name, scanner))
             else:
                 # Changes made while the daemon was not watching (or still debouncing when it
                 # died) are found by diffing the tree against the index.
                 self.pipeline.sink(Change(name, "", ChangeKind.RESCAN, time.time()))
+        return baselines
+
+    def _record_baseline(self, name: str, scanner: TreeScanner) -> None:
+        assert self.journal is not None
+        started = time.monotonic()
+        count = self.journal.record_baseline(name, scanner.scan(""))
+        log.info(
+            "baseline_recorded",
+            source=name,
+            files=count,
+            seconds=round(time.monotonic() - started, 3),
+        )
 
     def _start_scheduler(self) -> None:
         assert self.submitter is not None

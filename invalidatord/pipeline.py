@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -86,8 +86,13 @@ class Pipeline:
     def sink(self, change: Change) -> None:
         self._inbox.put(change)
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
+    def start(self, first: Sequence[Callable[[], None]] = ()) -> None:
+        """Start the loop. `first` runs on the pipeline thread before any change is taken
+        (a first start's baseline): changes that arrive meanwhile wait in the queue, so they are
+        judged against the finished baseline, exactly as if it had been recorded before."""
+        self._thread = threading.Thread(
+            target=self._run, args=(tuple(first),), name="pipeline", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -101,7 +106,12 @@ class Pipeline:
     def pending(self) -> int:
         return sum(len(d) for d in self._debouncers.values()) + self._inbox.qsize()
 
-    def _run(self) -> None:
+    def _run(self, first: tuple[Callable[[], None], ...] = ()) -> None:
+        for task in first:
+            try:
+                task()
+            except Exception:  # logged; the next start tries again
+                log.exception("startup_task_failed")
         while not self._stop.is_set():
             try:
                 self.run_once(timeout=self._wait_time())
