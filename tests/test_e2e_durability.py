@@ -166,7 +166,9 @@ def test_sigkill_after_an_unacknowledged_create_does_not_bill_twice(
     assert received(cloudfront) == {"/a.html", "/b.html", "/zz-sentinel.txt"}
     journal = Journal(tmp_path / "state" / "journal.sqlite")
     try:
-        assert journal.billed_this_month() == 3  # a.html and b.html once, the sentinel
+        # a.html and b.html once, and the sentinel (journaled a moment after CloudFront has it)
+        wait_for(lambda: journal.billed_this_month() == 3, 10, what="3 billed paths")
+        assert journal.billed_this_month() == 3
     finally:
         journal.close()
 
@@ -286,9 +288,12 @@ def _writable(path: Path) -> bool:
 def test_inotify_overflow_loses_no_change(
     tmp_path: Path, docroot: Path, cloudfront: CloudFrontEmulator, daemons: Daemons
 ) -> None:
-    """With a 64-event kernel queue, 3,000 new files in 30 new directories overflow it; the
-    rescan that follows still invalidates every change, nothing else, and the daemon still
-    watches every directory afterwards."""
+    """With a 64-event kernel queue, 3,000 new files in 30 watched directories (written while
+    the daemon is stopped, so nothing drains the queue) overflow it for sure; the rescan that
+    follows still invalidates every change, nothing else, and the daemon still watches every
+    directory afterwards, including one made during the overflow."""
+    for d in range(30):
+        (docroot / f"burst/d{d:02}").mkdir(parents=True)
     config = config_for(tmp_path, docroot, cloudfront)
     original = MAX_QUEUED.read_text().strip()
     proc = DaemonProcess("run", "-c", str(config))
@@ -303,20 +308,25 @@ def test_inotify_overflow_loses_no_change(
         MAX_QUEUED.write_text(original)
     proc.wait_ready()
 
-    expected = {"/page.html", "/old.html"}
-    (docroot / "page.html").write_text("page v2, longer")
-    for d in range(30):
-        folder = docroot / f"burst/d{d:02}"
-        folder.mkdir(parents=True)
-        for i in range(100):
-            (folder / f"f{i:03}.html").write_text("x")
-            expected.add(f"/burst/d{d:02}/f{i:03}.html")
-    (docroot / "old.html").unlink()
+    expected = {"/page.html", "/old.html", "/burst/new/f.html"}
+    # Files in new directories raise no event until the directory is watched, so the burst
+    # goes into directories the daemon already watches; stopped, it reads none of them.
+    proc.signal(signal.SIGSTOP)
+    try:
+        (docroot / "page.html").write_text("page v2, longer")
+        for d in range(30):
+            for i in range(100):
+                (docroot / f"burst/d{d:02}/f{i:03}.html").write_text("x")
+                expected.add(f"/burst/d{d:02}/f{i:03}.html")
+        make_site(docroot, {"burst/new/f.html": "made during the overflow"})
+        (docroot / "old.html").unlink()
+    finally:
+        proc.signal(signal.SIGCONT)
     proc.wait_event("watcher_overflow")
     wait_for(lambda: expected <= received(cloudfront), 60, what="every changed path")
-    # Still watching every directory, those made during the overflow too.
-    barrier(cloudfront, docroot, name="burst/d29/zz-late.html")
-    assert received(cloudfront) == expected | {"/burst/d29/zz-late.html"}
+    # Still watching every directory, the one made during the overflow too.
+    barrier(cloudfront, docroot, name="burst/new/zz-late.html")
+    assert received(cloudfront) == expected | {"/burst/new/zz-late.html"}
     assert proc.metric("invalidatord_watcher_overflows_total") >= 1
 
 
