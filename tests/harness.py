@@ -124,9 +124,19 @@ class DaemonProcess:
             stdin=subprocess.DEVNULL,
             env=self.env,
         )
-        for stream in (self.proc.stderr, self.proc.stdout):
-            threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+        self._readers = [
+            threading.Thread(target=self._read, args=(stream,), daemon=True)
+            for stream in (self.proc.stderr, self.proc.stdout)
+        ]
+        for reader in self._readers:
+            reader.start()
         return self
+
+    def _drain_output(self) -> None:
+        """Once the process has exited, read what it wrote to the end, so `find` after `stop`
+        sees every line."""
+        for reader in getattr(self, "_readers", []):
+            reader.join(timeout=10)
 
     def _read(self, stream: Any) -> None:
         for raw in iter(stream.readline, b""):
@@ -207,7 +217,9 @@ class DaemonProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
-            return self.proc.wait(timeout)
+            code = self.proc.wait(timeout)
+            self._drain_output()
+            return code
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
@@ -217,6 +229,7 @@ class DaemonProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+            self._drain_output()
 
     def transcript(self, last: int = 60) -> str:
         with self._lock:

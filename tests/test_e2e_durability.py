@@ -119,7 +119,7 @@ def test_sigkill_inside_the_debounce_window_loses_nothing(
     second = start_daemon(daemons, config)
     barrier(cloudfront, docroot)
     assert received(cloudfront) == expected | {"/zz-sentinel.txt"}
-    assert second.find("rescan_done", lambda e: e["prefix"] == "")
+    second.wait_event("rescan_done", lambda e: e["prefix"] == "", timeout=10)
 
 
 # ---- 2. SIGKILL between CreateInvalidation and the journal update -------------------------------
@@ -200,7 +200,7 @@ def test_sigterm_during_an_outage_keeps_the_work_for_the_next_start(
     barrier(cloudfront, docroot)
     assert received(cloudfront) == {"/a.html", "/b.html", "/zz-sentinel.txt"}
     assert len(cloudfront.invalidations(cloudfront.distribution_id)) == 2
-    assert second.find("batch_submitted")
+    second.wait_event("batch_submitted", timeout=10)
 
 
 def test_pending_paths_survive_sigkill_while_others_fill_the_limit(
@@ -242,7 +242,8 @@ def test_pending_paths_survive_sigkill_while_others_fill_the_limit(
     assert ours == {"/a.html", "/b.html", "/zz-sentinel.txt"}
     assert cloudfront.max_in_flight_seen[cloudfront.distribution_id].files <= 2950
     assert all(r.status == 201 for r in creates(cloudfront)), creates(cloudfront)
-    assert second.find("batch_submitted", lambda e: "/a.html" in e["sample"])
+    # logged a moment after CloudFront has it: wait for the line rather than race it
+    second.wait_event("batch_submitted", lambda e: "/a.html" in e["sample"], timeout=10)
 
 
 # ---- 3. Downtime ----------------------------------------------------------------------------
