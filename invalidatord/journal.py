@@ -177,12 +177,25 @@ class Journal:
                 self.instance = db.execute(
                     "SELECT value FROM meta WHERE key = 'instance'"
                 ).fetchone()[0]
+            # Reads get a connection of their own: under WAL they never wait for a long write
+            # (a first start's baseline of a large tree must not hold up GET /healthz).
+            # An in-memory journal has only the one database, so it shares the writer's.
+            if self.path == ":memory:":
+                self._reader, self._read_lock = self._db, self._lock
+            else:
+                self._reader = sqlite3.connect(
+                    self.path, timeout=30, check_same_thread=False, isolation_level=None
+                )
+                self._reader.execute("PRAGMA busy_timeout=30000")
+                self._read_lock = threading.RLock()
         except (sqlite3.Error, OSError) as exc:
             raise JournalError(f"cannot open the journal {self.path}: {exc}") from exc
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        with self._read_lock:
+            self._reader.close()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -199,9 +212,9 @@ class Journal:
                 raise JournalError(f"journal {self.path}: {exc}") from exc
 
     def _read(self, sql: str, args: Sequence[object] = ()) -> list[Any]:
-        with self._lock:
+        with self._read_lock:
             try:
-                return self._db.execute(sql, args).fetchall()
+                return self._reader.execute(sql, args).fetchall()
             except sqlite3.Error as exc:
                 raise JournalError(f"journal {self.path}: {exc}") from exc
 
