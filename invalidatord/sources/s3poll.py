@@ -55,6 +55,8 @@ from invalidatord.contracts import ChangeSink
 from invalidatord.errors import SourceError
 from invalidatord.journal import S3Stamp
 from invalidatord.model import Change, ChangeKind
+from invalidatord.sources._aws import describe as _describe
+from invalidatord.sources._aws import error_code as _code
 
 __all__ = ["PollResult", "S3Index", "S3PollSource"]
 
@@ -440,16 +442,3 @@ def _directory(prefix: str) -> str:
     """The prefix as a directory: no leading slash, one trailing slash ("" stays "")."""
     stripped = prefix.strip("/")
     return f"{stripped}/" if stripped else ""
-
-
-def _code(exc: BaseException) -> str:
-    if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Code", "ClientError"))
-    return type(exc).__name__
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        return f"{error.get('Code', 'ClientError')}: {error.get('Message', '')}".rstrip(": ")
-    return f"{type(exc).__name__}: {exc}"

@@ -49,6 +49,8 @@ from invalidatord.contracts import ChangeSink
 from invalidatord.errors import SourceError
 from invalidatord.model import Change, ChangeKind
 from invalidatord.s3events import MalformedMessage, ObjectEvent, parse_message
+from invalidatord.sources._aws import describe as _describe
+from invalidatord.sources._aws import error_code as _code
 
 __all__ = ["SqsSource"]
 
@@ -600,19 +602,6 @@ def _directory(prefix: str) -> str:
 
 def _batches(items: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
     return [items[i : i + MAX_BATCH] for i in range(0, len(items), MAX_BATCH)]
-
-
-def _code(exc: BaseException) -> str:
-    if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Code", "ClientError"))
-    return type(exc).__name__
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        return f"{error.get('Code', 'ClientError')}: {error.get('Message', '')}".rstrip(": ")
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _receive_count(message: dict[str, Any]) -> int | None:
