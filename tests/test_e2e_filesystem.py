@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -232,37 +231,5 @@ def test_a_deploy_of_5000_files_collapses_into_one_wildcard(
             r for r in cloudfront.requests if r.op == "CreateInvalidation" and r.status == 201
         ]
         assert len(creates) <= 2  # the burst, and the sentinel unless it joined the burst
-    finally:
-        proc.kill()
-
-
-def test_sigterm_flushes_what_is_still_debouncing(
-    tmp_path: Path, docroot: Path, cloudfront: CloudFrontEmulator
-) -> None:
-    """SIGTERM inside a long quiet window: the change is accepted, submitted, and the exit is 0."""
-    config = write_config(
-        tmp_path,
-        root=docroot,
-        endpoint=cloudfront.endpoint_url,
-        distribution_id=cloudfront.distribution_id,
-        quiet="30s",
-        max_delay="60s",
-    )
-    proc = DaemonProcess("run", "-c", str(config)).start()
-    try:
-        proc.wait_ready()
-        (docroot / "late.html").write_text("late")
-        wait_for(
-            lambda: (
-                'invalidatord_changes_total{kind="created",source="docroot"}'
-                in proc.get("/metrics")
-            ),
-            20,
-            what="the daemon to see the change",
-        )
-        assert received(cloudfront) == set()
-        assert proc.stop(signal.SIGTERM) == 0, proc.transcript()
-        assert received(cloudfront) == {"/late.html"}
-        assert proc.find("daemon_stopped")[-1]["drained"] is True
     finally:
         proc.kill()
