@@ -1,7 +1,7 @@
 """The catch-up diff: a listing of the tree now against the persisted index -> changes.
 
 Pure: no I/O, time passed in. The daemon feeds it `TreeScanner.scan(prefix)` (a generator) and
-`FileIndex.index_under(source, prefix)`; the changes it returns go through the pipeline like
+the journal's `index_under(source, prefix)`; the changes it returns go through the pipeline like
 any watched change, so files changed while the daemon was stopped (or while inotify overflowed)
 are invalidated and unchanged files are not.
 """

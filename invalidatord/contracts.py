@@ -1,12 +1,12 @@
 """Every extension point in one place. Imports only `model`.
 
-Implementations: sources in `invalidatord.sources` (filesystem, sqs, memory), CloudFront in
-`invalidatord.cloudfront` (boto3, dry-run) and the in-memory fake in the tests.
+Implementations: sources in `invalidatord.sources` (filesystem, sqs, s3poll, memory); CloudFront
+in `invalidatord.cloudfront` (boto3, dry run), wrapped for health by `invalidatord.health`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 from invalidatord.model import Change, FileStat, Invalidation
@@ -56,14 +56,6 @@ class TreeScanner(Protocol):
         ...
 
 
-class FileIndex(Protocol):
-    """The persisted catch-up index of one filesystem source (kept in the journal)."""
-
-    def index_under(self, source: str, prefix: str) -> dict[str, FileStat]: ...
-
-    def index_is_empty(self, source: str) -> bool: ...
-
-
 class CloudFront(Protocol):
     """The CloudFront edge. `distribution_id` is the CloudFront id (E2EXAMPLE...).
 
@@ -84,14 +76,3 @@ class CloudFront(Protocol):
         """A cheap call that proves credentials and the distribution (ListInvalidations,
         MaxItems=1). Raises AccessProblem naming what is missing."""
         ...
-
-
-class Clock(Protocol):
-    def __call__(self) -> float: ...
-
-
-def paths_of(changes: Iterable[Change]) -> set[str]:
-    return {c.path for c in changes}
-
-
-IndexSnapshot = Mapping[str, FileStat]

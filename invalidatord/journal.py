@@ -517,12 +517,6 @@ class Journal:
                 result[_unkey(bytes(raw))] = FileStat(size, mtime_ns, inode)
         return result
 
-    def index_is_empty(self, source: str) -> bool:
-        return not self._read("SELECT 1 FROM fs_index WHERE source = ? LIMIT 1", (source,))
-
-    def index_size(self, source: str) -> int:
-        return int(self._read("SELECT count(*) FROM fs_index WHERE source = ?", (source,))[0][0])
-
     def baseline_recorded(self, source: str) -> bool:
         return bool(self._read("SELECT 1 FROM baselines WHERE source = ?", (source,)))
 
