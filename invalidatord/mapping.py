@@ -121,6 +121,12 @@ def compile_match(pattern: str) -> Callable[[str], bool]:
     search = _fix_newlines(compiled.regex.pattern).search
 
     def match(path: str) -> bool:
+        # as pathspec normalises a path: one leading "/" (an S3 key may have it) or "./" is
+        # not part of the name
+        if path.startswith("/"):
+            path = path[1:]
+        elif path.startswith("./"):
+            path = path[2:]
         return search(path) is not None
 
     return match
