@@ -212,10 +212,14 @@ class FilesystemSource:
         (path relative to the root, FileStat). A symlink to a file counts, with its own lstat;
         symlinked directories are not followed; ignored directories are not entered. Files
         and directories that vanish mid-walk are skipped. Raises `SourceError` when the root
-        itself cannot be listed: an empty listing would read as "every file deleted"."""
+        itself cannot be listed: an empty listing would read as "every file deleted".
+
+        Paths come in the byte order of `path.encode("utf-8", "surrogateescape")` (the order
+        of the catch-up index), so the catch-up diff can merge the two without holding
+        either: each directory is sorted with a subdirectory keyed as its name + "/", and
+        walked depth first. Memory is the sorted listings along one path from the top."""
         top_rel = prefix.strip("/")
         match = self._match
-        by_name, by_path = self._scan_match
         if top_rel:
             if match is not None and match(top_rel + "/"):
                 return
@@ -226,45 +230,69 @@ class FilesystemSource:
             except OSError:
                 self._check_root()
                 return
-            stack = [(top, top_rel + "/")]
+            top_dir = top_rel + "/"
         else:
             self._check_root()
-            stack = [(self._root_str, "")]
+            top, top_dir = self._root_str, ""
+        listing = self._sorted_listing(top, top_dir)
+        if not listing:
+            return
         file_stat = FileStat
+        stack = [iter(listing)]
         while stack:
-            directory, rel_dir = stack.pop()
-            try:
-                listing = os.scandir(directory)
-            except OSError as exc:
-                if exc.errno not in _VANISHED:
-                    log.warning(
-                        "scan_unreadable", source=self.name, path=rel_dir, error=_describe(exc)
-                    )
-                continue
-            with listing:
-                for entry in listing:
+            for rel, entry, is_dir in stack[-1]:
+                if is_dir:
+                    listing = self._sorted_listing(entry.path, rel)
+                    if listing:
+                        stack.append(iter(listing))
+                        break
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                    mode = st.st_mode & _S_IFMT
+                    # a symlink counts (with its own lstat) when it leads to a file
+                    if mode != _S_IFREG and (mode != _S_IFLNK or not entry.is_file()):
+                        continue
+                except OSError:
+                    continue
+                yield rel, file_stat(st.st_size, st.st_mtime_ns, st.st_ino)
+            else:
+                stack.pop()
+
+    def _sorted_listing(
+        self, directory: str, rel_dir: str
+    ) -> list[tuple[str, os.DirEntry[str], bool]]:
+        """The entries of one directory `scan` visits, as (relative path, entry, is a
+        directory) sorted by the byte order of the paths under them: a subdirectory's relative
+        path ends with "/". Ignored entries are left out; an unreadable directory is empty."""
+        by_name, by_path = self._scan_match
+        keyed: dict[str, tuple[str, os.DirEntry[str], bool]] = {}
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
                     name = entry.name
-                    rel = rel_dir + name
                     try:
-                        if entry.is_dir(follow_symlinks=False):
-                            if not (
-                                (by_name is not None and by_name(name + "/"))
-                                or (by_path is not None and by_path(rel + "/"))
-                            ):
-                                stack.append((entry.path, rel + "/"))
-                            continue
-                        if (by_name is not None and by_name(name)) or (
-                            by_path is not None and by_path(rel)
-                        ):
-                            continue
-                        st = entry.stat(follow_symlinks=False)
-                        mode = st.st_mode & _S_IFMT
-                        # a symlink counts (with its own lstat) when it leads to a file
-                        if mode != _S_IFREG and (mode != _S_IFLNK or not entry.is_file()):
-                            continue
+                        is_dir = entry.is_dir(follow_symlinks=False)
                     except OSError:
                         continue
-                    yield rel, file_stat(st.st_size, st.st_mtime_ns, st.st_ino)
+                    if is_dir:
+                        name += "/"
+                    if (by_name is not None and by_name(name)) or (
+                        by_path is not None and by_path(rel_dir + name)
+                    ):
+                        continue
+                    keyed[name] = (rel_dir + name, entry, is_dir)
+        except OSError as exc:
+            if exc.errno not in _VANISHED:
+                log.warning("scan_unreadable", source=self.name, path=rel_dir, error=_describe(exc))
+            return []
+        try:
+            # Without surrogate escapes, code point order is UTF-8 byte order.
+            "".join(keyed).encode("utf-8")
+            order = sorted(keyed)
+        except UnicodeEncodeError:
+            order = sorted(keyed, key=lambda name: name.encode("utf-8", "surrogateescape"))
+        return [keyed[name] for name in order]
 
     def stat(self, path: str) -> FileStat | None:
         """The file's stat now (lstat for a symlink to a file, as `scan` reports it), or None
