@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         out_source = os.environ[SOURCE_ENV]
     else:
         out_source = "working tree"
+    from invalidatord import catchup
     from invalidatord.journal import Accepted, Journal
     from invalidatord.mapping import Mapper, Rule
     from invalidatord.model import FileStat
@@ -104,15 +105,21 @@ def main(argv: list[str] | None = None) -> int:
         journal.record_baseline("docroot", iter(listing))
         record("journal", "record_baseline of the tree", time.perf_counter() - t0)
 
-        record("journal", "index_under('') (the whole index as a dict)", best_of(
-            lambda: journal.index_under("docroot", ""), 3))  # fmt: skip
+        record("journal", "index_iter('') (the whole index, streamed in pages)", best_of(
+            lambda: sum(1 for _ in journal.index_iter("docroot", "")), 3))  # fmt: skip
+        record("journal", "catchup.diff of scan('') and index_iter('')", best_of(
+            lambda: catchup.diff("docroot", src_default.scan(""),
+                                 journal.index_iter("docroot", ""), 0.0), 3))  # fmt: skip
         tracemalloc.start()
-        index = journal.index_under("docroot", "")
+        entries = sum(1 for _ in journal.index_iter("docroot", ""))
         _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        catchup.diff("docroot", src_default.scan(""), journal.index_iter("docroot", ""), 0.0)
+        _, diff_peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        out["index_under_peak_mib"] = round(peak / 2**20, 1)
-        out["index_under_entries"] = len(index)
-        del index
+        out["index_iter_peak_mib"] = round(peak / 2**20, 2)
+        out["index_iter_entries"] = entries
+        out["catchup_diff_peak_mib"] = round(diff_peak / 2**20, 2)
 
         def per_select(paths: list[str]) -> Callable[[], object]:
             return lambda: journal.index_get("docroot", paths)

@@ -1,14 +1,15 @@
 """The catch-up diff: a listing of the tree now against the persisted index -> changes.
 
-Pure: no I/O, time passed in. The daemon feeds it `TreeScanner.scan(prefix)` (a generator) and
-the journal's `index_under(source, prefix)`; the changes it returns go through the pipeline like
-any watched change, so files changed while the daemon was stopped (or while inotify overflowed)
-are invalidated and unchanged files are not.
+Pure: no I/O, time passed in. The daemon feeds it `TreeScanner.scan(prefix)` and the journal's
+`index_iter(source, prefix)`, both generators in the byte order of the paths' UTF-8
+(surrogateescape) encoding, and merges them: neither side is ever held in memory. The changes
+it returns go through the pipeline like any watched change, so files changed while the daemon
+was stopped (or while inotify overflowed) are invalidated and unchanged files are not.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 from invalidatord.model import Change, ChangeKind, FileStat
 
@@ -17,32 +18,88 @@ _MODIFIED = ChangeKind.MODIFIED
 _DELETED = ChangeKind.DELETED
 
 
+def path_key(path: str) -> bytes:
+    """The sort key of a path in both listings: its bytes, as the index stores them."""
+    return path.encode("utf-8", "surrogateescape")
+
+
+def _precedes(a: str, b: str) -> bool:
+    """Whether `a` sorts before `b` by `path_key`. Code point order is UTF-8 byte order except
+    around surrogate escapes (lone bytes 0x80-0xFF), so str comparison answers when `b` is
+    ASCII (str.isascii() is O(1)): `a` then differs from it first at an ASCII character."""
+    if b.isascii():
+        return a < b
+    return path_key(a) < path_key(b)
+
+
 def diff(
     source: str,
     disk: Iterable[tuple[str, FileStat]],
-    index: Mapping[str, FileStat],
+    index: Iterable[tuple[str, FileStat]],
     now: float,
 ) -> list[Change]:
-    """Changes that turn `index` into the `disk` listing.
+    """Changes that turn `index` into the `disk` listing, both sorted by `path_key`.
 
     A path on disk but not in the index is CREATED; in both with a different `FileStat`
     (size, mtime_ns or inode: a replace-by-rename keeps size and mtime but not the inode) is
-    MODIFIED; in the index but not on disk is DELETED. `disk` is consumed once, lazily, so a
-    tree walk is never held in memory twice; deletions come last, sorted by path.
-    Every change carries `seen=now`.
+    MODIFIED; in the index but not on disk is DELETED. Both inputs are consumed once, lazily,
+    in step; the changes come out in path order. Every change carries `seen=now`.
+
+    Raises ValueError, naming both paths, when either input is out of order or repeats a
+    path: a merge of unsorted listings would report files as created and deleted at random.
     """
     changes: list[Change] = []
     append = changes.append
-    on_disk: set[str] = set()
-    remember = on_disk.add
-    known = index.get
-    for path, stat in disk:
-        remember(path)
-        old = known(path)
-        if old is None:
+    precedes = _precedes
+    disk_rows = iter(disk)
+    index_rows = iter(index)
+    on_disk = next(disk_rows, None)
+    indexed = next(index_rows, None)
+    last = ""  # the greatest path taken so far; every path taken must sort after it
+    while on_disk is not None and indexed is not None:
+        path, stat = on_disk
+        old_path, old_stat = indexed
+        if path == old_path:
+            if not (last < path and path.isascii()) and not precedes(last, path):
+                _out_of_order(last, path, "tree listing and index")
+            if stat != old_stat:
+                append(Change(source, path, _MODIFIED, now))
+            on_disk = next(disk_rows, None)
+            indexed = next(index_rows, None)
+        elif precedes(path, old_path):
+            if not precedes(last, path):
+                _out_of_order(last, path, "tree listing")
             append(Change(source, path, _CREATED, now))
-        elif old != stat:
-            append(Change(source, path, _MODIFIED, now))
-    for path in sorted(index.keys() - on_disk):
-        append(Change(source, path, _DELETED, now))
+            on_disk = next(disk_rows, None)
+        else:
+            path = old_path
+            if not precedes(last, path):
+                _out_of_order(last, path, "index")
+            append(Change(source, path, _DELETED, now))
+            indexed = next(index_rows, None)
+        last = path
+    tails = (
+        (on_disk, disk_rows, _CREATED, "tree listing"),
+        (indexed, index_rows, _DELETED, "index"),
+    )
+    for head, rest, kind, name in tails:
+        if head is None:
+            continue
+        path = head[0]
+        if not precedes(last, path):
+            _out_of_order(last, path, name)
+        append(Change(source, path, kind, now))
+        last = path
+        for path, _ in rest:
+            if not precedes(last, path):
+                _out_of_order(last, path, name)
+            append(Change(source, path, kind, now))
+            last = path
     return changes
+
+
+def _out_of_order(before: str, after: str, listing: str) -> None:
+    raise ValueError(
+        f"catch-up diff: {listing} out of order, {after!r} came after {before!r} (both the "
+        "tree listing and the index must be sorted by path_key, each path once)"
+    )

@@ -48,7 +48,11 @@ class TreeScanner(Protocol):
     def scan(self, prefix: str = "") -> Iterator[tuple[str, FileStat]]:
         """Every file under `prefix` ("" = the whole root) that is not ignored, as
         (path relative to the root, stat). Paths under `prefix` only; never raises for a file
-        that vanishes during the walk."""
+        that vanishes during the walk.
+
+        In ascending byte order of `path.encode("utf-8", "surrogateescape")`, each path once:
+        the order of the journal's catch-up index, which the catch-up diff merges this listing
+        against (`catchup.diff` raises ValueError on a listing out of order)."""
         ...
 
     def stat(self, path: str) -> FileStat | None:

@@ -141,14 +141,6 @@ def _wildcard_range(wildcard: str) -> tuple[str, str]:
     return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else "\x7f"
 
 
-def _prefix_range(prefix: str) -> tuple[bytes, bytes] | None:
-    """Byte range holding `prefix` itself and everything under `prefix/` (None = everything)."""
-    if not prefix:
-        return None
-    base = _key(prefix.strip("/"))
-    return base, base + b"0"  # b"0" sorts right after b"/"
-
-
 class Journal:
     """The durable record. Thread-safe within a process; safe across processes (WAL)."""
 
@@ -481,26 +473,38 @@ class Journal:
 
     # ---- the catch-up index ------------------------------------------------------------------
 
-    def index_under(self, source: str, prefix: str) -> dict[str, FileStat]:
-        bounds = _prefix_range(prefix)
-        if bounds is None:
+    def index_iter(
+        self, source: str, prefix: str = "", *, page: int = 2_000
+    ) -> Iterator[tuple[str, FileStat]]:
+        """The indexed files of `source` that are `prefix` itself or under `prefix/` ("" =
+        all), in the byte order of their UTF-8 (surrogateescape) paths, the order of
+        `TreeScanner.scan`. Read `page` rows at a time by key, so memory stays one page and
+        no cursor stays open between pages (other reads and writes go on meanwhile)."""
+        top = prefix.strip("/")
+        upper: tuple[bytes, ...] = ()
+        if top:
+            exact = _key(top)
             rows = self._read(
-                "SELECT path, size, mtime_ns, inode FROM fs_index WHERE source = ?", (source,)
+                "SELECT size, mtime_ns, inode FROM fs_index WHERE source = ? AND path = ?",
+                (source, exact),
             )
+            for size, mtime_ns, inode in rows:
+                yield top, FileStat(size, mtime_ns, inode)
+            low, upper = exact + b"/", (exact + b"0",)  # b"0" sorts right after b"/"
         else:
-            rows = self._read(
-                "SELECT path, size, mtime_ns, inode FROM fs_index "
-                "WHERE source = ? AND path >= ? AND path < ?",
-                (source, *bounds),
-            )
-        result: dict[str, FileStat] = {}
-        exact = _key(prefix.strip("/"))
-        for path, size, mtime_ns, inode in rows:
-            raw = bytes(path)
-            # keep `prefix` itself and `prefix/...`, not `prefix-other` (between / and 0)
-            if bounds is None or raw == exact or raw.startswith(exact + b"/"):
-                result[_unkey(raw)] = FileStat(int(size), int(mtime_ns), int(inode))
-        return result
+            low = b""
+        cond = "AND path < ? " if upper else ""
+        select = "SELECT path, size, mtime_ns, inode FROM fs_index WHERE source = ? AND path"
+        first = f"{select} >= ? {cond}ORDER BY path LIMIT ?"
+        more = f"{select} > ? {cond}ORDER BY path LIMIT ?"
+        args = (*upper, page)
+        rows = self._read(first, (source, low, *args))
+        while rows:
+            for raw, size, mtime_ns, inode in rows:
+                yield raw.decode("utf-8", "surrogateescape"), FileStat(size, mtime_ns, inode)
+            if len(rows) < page:
+                return
+            rows = self._read(more, (source, rows[-1][0], *args))
 
     def index_get(self, source: str, paths: Iterable[str]) -> dict[str, FileStat]:
         """The indexed stat of each of `paths` that is in the index."""

@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -274,8 +274,15 @@ class Pipeline:
         self, source: str, scanner: TreeScanner, rescan: Coalesced, files: dict[str, Coalesced]
     ) -> None:
         started = time.monotonic()
-        index = self._journal.index_under(source, rescan.path)
-        found = catchup.diff(source, scanner.scan(rescan.path), index, self._clock())
+        indexed = 0
+
+        def index_rows() -> Iterator[tuple[str, FileStat]]:
+            nonlocal indexed
+            for row in self._journal.index_iter(source, rescan.path):
+                indexed += 1
+                yield row
+
+        found = catchup.diff(source, scanner.scan(rescan.path), index_rows(), self._clock())
         for change in found:
             if change.path not in files:
                 files[change.path] = Coalesced(
@@ -286,7 +293,7 @@ class Pipeline:
             "rescan_done",
             source=source,
             prefix=rescan.path,
-            indexed=len(index),
+            indexed=indexed,
             changes=len(found),
             seconds=round(time.monotonic() - started, 3),
         )

@@ -111,20 +111,98 @@ def test_rereference_gives_a_new_reference(tmp_path: Path) -> None:
 
 
 def test_index_prefix_queries_and_non_utf8_names(tmp_path: Path) -> None:
-    """index_under returns the prefix itself and what is under it, never a sibling prefix."""
+    """index_iter returns the prefix itself and what is under it, never a sibling prefix."""
     j = Journal(tmp_path / "j.sqlite")
     weird = os.fsdecode(b"docs/caf\xe9.html")
     st = FileStat(1, 2, 3)
     j.record_baseline(
         "root", [("docs/a.html", st), ("docs-old/b.html", st), ("docs", st), (weird, st)]
     )
-    assert set(j.index_under("root", "docs")) == {"docs/a.html", "docs", weird}
-    assert len(j.index_under("root", "")) == 4
+    assert [p for p, _ in j.index_iter("root", "docs")] == ["docs", "docs/a.html", weird]
+    assert [p for p, _ in j.index_iter("root", "/docs/")] == ["docs", "docs/a.html", weird]
+    assert len(list(j.index_iter("root", ""))) == 4
     assert j.baseline_recorded("root")
     assert not j.baseline_recorded("other")
     j.accept([], [("root", "docs/a.html", None), ("root", "new.html", FileStat(5, 6, 7))])
-    assert "docs/a.html" not in j.index_under("root", "")
+    assert "docs/a.html" not in dict(j.index_iter("root", ""))
     assert j.index_get("root", ["new.html", "nope"]) == {"new.html": FileStat(5, 6, 7)}
+
+
+_INDEXED = [
+    "a",
+    "a-b",
+    "a.b",
+    "a/b",
+    "a/b.c",
+    "a/b/c",
+    "a/b0",
+    "a0",
+    "a0/x",
+    "ab",
+    os.fsdecode(b"caf\xe9"),
+    "caf\xe9",
+    "\u0800",
+    os.fsdecode(b"\xff/z"),
+]
+
+
+def _index(tmp_path: Path) -> Journal:
+    j = Journal(tmp_path / "j.sqlite")
+    j.record_baseline("root", [(p, FileStat(i, i, i)) for i, p in enumerate(_INDEXED)])
+    j.record_baseline("other", [("a/b", FileStat(9, 9, 9)), ("zz", FileStat(9, 9, 9))])
+    return j
+
+
+@pytest.mark.parametrize("page", [1, 2, 3, 4, 13, 14, 15, 2_000])
+def test_index_iter_pages_through_in_path_byte_order(tmp_path: Path, page: int) -> None:
+    """Any page size (below, at and above the row count, dividing it or not) yields every
+    row of the source once, with its stat, in the order of the UTF-8 (surrogateescape)
+    bytes of the path: the order scan() lists the tree in."""
+    j = _index(tmp_path)
+    rows = list(j.index_iter("root", "", page=page))
+    expected = sorted(_INDEXED, key=lambda p: p.encode("utf-8", "surrogateescape"))
+    assert [p for p, _ in rows] == expected
+    assert dict(rows) == {p: FileStat(i, i, i) for i, p in enumerate(_INDEXED)}
+    assert [p for p, _ in j.index_iter("other", "", page=page)] == ["a/b", "zz"]
+
+
+@pytest.mark.parametrize("page", [1, 2, 2_000])
+def test_index_iter_under_a_prefix_pages_through_that_subtree_only(
+    tmp_path: Path, page: int
+) -> None:
+    """A prefix gives the prefix itself and prefix/..., never a name that merely starts with
+    it (a-b, a.b, a0, ab), at every page size; a prefix nothing is under gives nothing."""
+    j = _index(tmp_path)
+    assert [p for p, _ in j.index_iter("root", "a", page=page)] == [
+        "a",
+        "a/b",
+        "a/b.c",
+        "a/b/c",
+        "a/b0",
+    ]
+    assert [p for p, _ in j.index_iter("root", "a/b", page=page)] == ["a/b", "a/b/c"]
+    assert [p for p, _ in j.index_iter("root", "a0", page=page)] == ["a0", "a0/x"]
+    weird_dir = os.fsdecode(b"\xff")
+    assert [p for p, _ in j.index_iter("root", weird_dir, page=page)] == [weird_dir + "/z"]
+    assert list(j.index_iter("root", "a/b/c/d", page=page)) == []
+    assert list(j.index_iter("root", "missing", page=page)) == []
+
+
+def test_index_iter_holds_no_cursor_between_pages(tmp_path: Path) -> None:
+    """Between pages the journal is free: other reads and a write go through while a listing
+    is half read, and the listing carries on after the last row it gave (keyset paging)."""
+    j = _index(tmp_path)
+    rows = j.index_iter("root", "", page=3)
+    first = [next(rows)[0] for _ in range(3)]
+    assert first == ["a", "a-b", "a.b"]
+    assert j.index_get("root", ["a"]) == {"a": FileStat(0, 0, 0)}
+    j.accept([], [("root", "a-a", FileStat(1, 1, 1)), ("root", "a/b", None)])
+    assert [p for p, _ in rows] == [p for p in _sorted_after("a.b") if p != "a/b"]
+
+
+def _sorted_after(last: str) -> list[str]:
+    ordered = sorted(_INDEXED, key=lambda p: p.encode("utf-8", "surrogateescape"))
+    return ordered[ordered.index(last) + 1 :]
 
 
 def test_unusable_state_dir_is_a_clear_error(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
+from invalidatord.catchup import path_key
 from invalidatord.contracts import ChangeSink
 from invalidatord.errors import SourceError
 from invalidatord.model import Change, ChangeKind, FileStat
@@ -73,11 +74,13 @@ class MemorySource:
                 self.files[path] = stat
 
     def scan(self, prefix: str = "") -> Iterator[tuple[str, FileStat]]:
-        """Files under `prefix` ("" = all), sorted by path, from a snapshot taken at the call."""
+        """Files under `prefix` ("" = all), from a snapshot taken at the call, in the order the
+        contract asks for: by the UTF-8 (surrogateescape) bytes of the path."""
         top = prefix.strip("/")
         under = top + "/" if top else ""
         with self._lock:
-            snapshot = sorted(item for item in self.files.items() if item[0].startswith(under))
+            snapshot = [item for item in self.files.items() if item[0].startswith(under)]
+        snapshot.sort(key=lambda item: path_key(item[0]))
         return iter(snapshot)
 
     def stat(self, path: str) -> FileStat | None:
