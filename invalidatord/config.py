@@ -315,6 +315,8 @@ class FilesystemSourceConfig(_Model):
     watcher: Literal["auto", "inotify", "polling"] = "auto"
     #: how often the polling watcher looks
     poll_interval: Duration = 5.0
+    #: run the watcher in a process of its own (a second core for bursts); false = in-process
+    watcher_process: bool = True
     #: the safety-net full rescan; None (or 0) = off
     rescan_interval: Duration | None = 600.0
 

@@ -335,6 +335,7 @@ class Daemon:
                     ignore=scfg.ignore,
                     watcher=scfg.watcher,
                     poll_interval=scfg.poll_interval,
+                    separate_process=scfg.watcher_process,
                 )
                 self.sources[scfg.name] = fs
                 self.scanners[scfg.name] = fs

@@ -3,6 +3,7 @@ GET /healthz, real signals."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal as signals
@@ -212,6 +213,14 @@ class DaemonProcess:
         assert self.proc is not None
         self.proc.send_signal(sig)
 
+    def signal_all(self, sig: int) -> None:
+        """Send `sig` to the daemon and its children (the watcher process): SIGSTOP stops
+        the watching too, as a stopped machine would."""
+        assert self.proc is not None
+        for pid in [*_children(self.proc.pid), self.proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
     def stop(self, sig: int = signals.SIGTERM, timeout: float = 30) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:
@@ -235,3 +244,16 @@ class DaemonProcess:
         with self._lock:
             lines = [json.dumps(e) for e in self.events[-last:]] + self.other_lines[-last:]
         return "\n".join(lines)
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of `pid` (from /proc; empty when gone)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    kids: list[int] = []
+    for tid in tasks:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children") as f:
+            kids += [int(k) for k in f.read().split()]
+    return kids

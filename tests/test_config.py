@@ -155,6 +155,7 @@ def test_minimal_config_takes_the_documented_defaults() -> None:
     assert isinstance(source, FilesystemSourceConfig)
     assert source.ignore == [".git/", "*.swp", "*.swx", "*~", ".#*", "4913"]
     assert (source.watcher, source.poll_interval, source.rescan_interval) == ("auto", 5.0, 600.0)
+    assert source.watcher_process is True
     assert cfg.state_dir == Path("/var/lib/invalidatord")
     assert cfg.aws.region == "us-east-1"
     assert cfg.aws.endpoint_url is None
@@ -202,7 +203,7 @@ CASES: list[tuple[str, str, list[str]]] = [
         VALID + "    watch: inotify\n",
         [
             "config.yaml:8: sources[0].watch: unknown key 'watch' (expected one of: name, type, "
-            "root, ignore, watcher, poll_interval, rescan_interval)"
+            "root, ignore, watcher, poll_interval, watcher_process, rescan_interval)"
         ],
     ),
     (

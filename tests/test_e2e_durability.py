@@ -312,7 +312,7 @@ def test_inotify_overflow_loses_no_change(
     expected = {"/page.html", "/old.html", "/burst/new/f.html"}
     # Files in new directories raise no event until the directory is watched, so the burst
     # goes into directories the daemon already watches; stopped, it reads none of them.
-    proc.signal(signal.SIGSTOP)
+    proc.signal_all(signal.SIGSTOP)
     try:
         (docroot / "page.html").write_text("page v2, longer")
         for d in range(30):
@@ -322,7 +322,7 @@ def test_inotify_overflow_loses_no_change(
         make_site(docroot, {"burst/new/f.html": "made during the overflow"})
         (docroot / "old.html").unlink()
     finally:
-        proc.signal(signal.SIGCONT)
+        proc.signal_all(signal.SIGCONT)
     proc.wait_event("watcher_overflow")
     wait_for(lambda: expected <= received(cloudfront), 60, what="every changed path")
     # Still watching every directory, the one made during the overflow too.

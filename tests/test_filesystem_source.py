@@ -30,6 +30,7 @@ from invalidatord.sources.filesystem import (
     FilesystemSource,
 )
 from invalidatord.sources.memory import MemorySource
+from invalidatord.sources.watcher import Watch
 from tests.waiting import wait_for
 
 K = ChangeKind
@@ -91,13 +92,15 @@ def sink() -> Collector:
     return Collector()
 
 
-@pytest.fixture
-def start(root: Path, sink: Collector) -> Iterator[Start]:
-    """Builds and starts a source on `root` delivering to `sink`; stops them all at the end."""
+@pytest.fixture(params=[True, False], ids=["process", "inline"])
+def start(request: pytest.FixtureRequest, root: Path, sink: Collector) -> Iterator[Start]:
+    """Builds and starts a source on `root` delivering to `sink`; stops them all at the end.
+    Every test using it runs twice: watchdog in its own process (the default) and inline."""
     started: list[FilesystemSource] = []
 
     def _start(**kwargs: Any) -> FilesystemSource:
         kwargs.setdefault("ignore", DEFAULT_IGNORE)
+        kwargs.setdefault("separate_process", request.param)
         source = FilesystemSource("docroot", kwargs.pop("root", root), sink, **kwargs)
         started.append(source)
         source.start()
@@ -520,11 +523,11 @@ def test_auto_falls_back_to_polling_when_inotify_fails(
     """Under watcher="auto" an inotify failure (here: no instance left) logs
     watcher_fallback with the reason and polls; under "inotify" it is a SourceError."""
 
-    def no_inotify(self: FilesystemSource) -> None:
+    def no_inotify(self: Watch) -> None:
         raise OSError(errno.EMFILE, "inotify instance limit reached")
 
-    monkeypatch.setattr(FilesystemSource, "_start_inotify", no_inotify)
-    source = FilesystemSource("docroot", root, sink, poll_interval=0.05)
+    monkeypatch.setattr(Watch, "_start_inotify", no_inotify)
+    source = FilesystemSource("docroot", root, sink, poll_interval=0.05, separate_process=False)
     with structlog.testing.capture_logs() as logs:
         source.start()
     try:
@@ -537,7 +540,7 @@ def test_auto_falls_back_to_polling_when_inotify_fails(
         sink.wait("a.html", K.CREATED)
     finally:
         source.stop()
-    strict = FilesystemSource("docroot", root, sink, watcher="inotify")
+    strict = FilesystemSource("docroot", root, sink, watcher="inotify", separate_process=False)
     with pytest.raises(SourceError, match="inotify instance limit reached"):
         strict.start()
     assert not strict.healthy
@@ -549,7 +552,7 @@ def test_auto_falls_back_to_polling_when_inotify_fails(
 def test_overflow_warning_triggers_a_full_rescan(start: Start, root: Path, sink: Collector) -> None:
     """watchdog's overflow WARNING (the exact record) counts an overflow, logs
     watcher_overflow and delivers a RESCAN of the whole tree; other warnings do nothing."""
-    source = start(watcher="inotify")
+    source = start(watcher="inotify", separate_process=False)
     watchdog_log = logging.getLogger(OVERFLOW_LOGGER)
     with structlog.testing.capture_logs() as logs:
         watchdog_log.warning("Unrelated warning")
@@ -570,7 +573,7 @@ def test_overflow_hook_survives_a_silenced_watchdog_logger(start: Start, sink: C
     watchdog_log.setLevel(logging.ERROR)
     watchdog_log.disabled = True
     try:
-        source = start(watcher="inotify")
+        source = start(watcher="inotify", separate_process=False)
         watchdog_log.warning(OVERFLOW_MESSAGE)
         assert source.overflows == 1
     finally:
@@ -580,7 +583,7 @@ def test_overflow_hook_survives_a_silenced_watchdog_logger(start: Start, sink: C
 
 def test_stopped_source_ignores_overflow(root: Path, sink: Collector) -> None:
     """After stop() an overflow record neither counts nor delivers."""
-    source = FilesystemSource("docroot", root, sink, watcher="inotify")
+    source = FilesystemSource("docroot", root, sink, watcher="inotify", separate_process=False)
     source.start()
     source.stop()
     logging.getLogger(OVERFLOW_LOGGER).warning(OVERFLOW_MESSAGE)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from invalidatord.config import load_config
@@ -202,15 +203,18 @@ def test_an_inotify_overflow_is_counted_from_the_source(
     tmp_path: Path, docroot: Path, cloudfront: CloudFrontEmulator
 ) -> None:
     """watchdog reports a kernel queue overflow only as a WARNING on its logger: the daemon
-    counts it once, from the source, and the rescan it causes is counted as a tree rescan."""
-    cfg = load_config(
-        write_config(
-            tmp_path,
-            root=docroot,
-            endpoint=cloudfront.endpoint_url,
-            distribution_id=cloudfront.distribution_id,
-        )
+    counts it once, from the source, and the rescan it causes is counted as a tree rescan.
+    (The watcher runs in-process here, so the WARNING can be raised from this test.)"""
+    path = write_config(
+        tmp_path,
+        root=docroot,
+        endpoint=cloudfront.endpoint_url,
+        distribution_id=cloudfront.distribution_id,
     )
+    raw = yaml.safe_load(path.read_text())
+    raw["sources"][0]["watcher_process"] = False
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(path)
     daemon = Daemon(cfg)
     daemon.start()
     try:

@@ -1,0 +1,61 @@
+"""gitignore-style ignore lists, compiled for the hot paths (events and tree walks)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import pathspec
+
+__all__ = ["Match", "matchers"]
+
+Match = Callable[[str], bool]
+
+
+def matchers(
+    spec: pathspec.GitIgnoreSpec,
+) -> tuple[Match | None, tuple[Match | None, Match | None]]:
+    """Functions telling whether a normalised relative path is ignored (None: never).
+
+    Returns `full` (any path: events, `is_ignored`) and, for a walk that has already pruned
+    every ignored ancestor, `(by_name, by_path)`: a path is ignored if `by_name` matches its
+    last component or `by_path` matches the whole path. Directories are asked with a
+    trailing "/".
+
+    Without negations (`!pattern`) git's rule "the last matching pattern decides" reduces to
+    "any pattern matches", which one alternation of the patterns' regexes answers ~3x faster
+    than `GitIgnoreSpec.match_file`, and a pattern without a slash (`*.swp`, `.git/`) only
+    needs the last component during a walk. With a negation, pathspec decides everything.
+    """
+    patterns = [p for p in spec.patterns if p.include is not None]
+    if not patterns:
+        return None, (None, None)
+    sources: list[str] = []
+    for p in patterns:
+        regex = getattr(p, "regex", None)
+        if not p.include or not isinstance(regex, re.Pattern) or not isinstance(regex.pattern, str):
+            return spec.match_file, (None, spec.match_file)
+        # The directory mark is a named group in each regex; `re` refuses a name twice.
+        sources.append(_NAMED_GROUP.sub("(?:", regex.pattern))
+    names = [s[len(_ANY_DIRS) :] for s in sources if _is_name_pattern(s)]
+    paths = [s for s in sources if not _is_name_pattern(s)]
+    return (
+        _alternation(sources),
+        (_alternation(["^" + n for n in names]), _alternation(paths)),
+    )
+
+
+_ANY_DIRS = "^(?:.+/)?"  # how pathspec starts the regex of a pattern without a slash
+_NAMED_GROUP = re.compile(r"\(\?P<\w+>")
+
+
+def _is_name_pattern(source: str) -> bool:
+    rest = source[len(_ANY_DIRS) :]
+    return source.startswith(_ANY_DIRS) and "/" not in rest.replace("(?:/)", "").replace("[^/]", "")
+
+
+def _alternation(sources: list[str]) -> Match | None:
+    if not sources:
+        return None
+    match = re.compile("|".join("(?:" + s + ")" for s in sources)).match
+    return lambda path: match(path) is not None

@@ -1,0 +1,621 @@
+"""watchdog on one document root, in this process or in a child process of its own.
+
+`Watch` runs watchdog's observer (inotify, or polling) and turns its events into (relative
+path, ChangeKind) pairs: the event semantics are described in `filesystem.py`. It is used
+in-process, or in a child started by `WatchProcess`: `python -m invalidatord.sources.watcher`.
+
+Why a child: watchdog reads inotify and dispatches events on two Python threads. In the
+daemon's process they share one GIL with the work each change costs after it arrives (stat,
+index lookup, mapping, journal), so under a burst the daemon accepted changes at about half the
+rate watchdog alone reads them. In a child, watching runs on the second core and the daemon
+receives compact, already-filtered records over a pipe.
+
+The pipe (child stdout -> parent), one record per NUL-terminated frame: a type byte, then a
+payload. Paths are the raw bytes of the name relative to the root (`os.fsencode`), which can
+hold anything but NUL, exactly like the names the kernel reports.
+
+    C/M/D/V/R <path>   a change: created, modified, deleted, moved (either end), rescan
+    O                  the inotify queue overflowed (the parent counts it and rescans)
+    L <json>           a log event for the parent to log: {"event": ..., key: value...}
+    S <kind>           watching, with "inotify" or "polling"
+    E <message>        could not start (the child then exits)
+    H 0|1              health changed (an emitter stops by itself when the root is deleted)
+
+The parent asks the child to stop by closing its stdin; the child then stops its observer,
+sends everything the observer had dispatched, and exits. SIGINT/SIGTERM/SIGHUP are ignored in
+the child: a terminal's Ctrl-C or systemd's SIGTERM to the whole control group reaches both
+processes, and the parent, which decides when sending stops, closes the pipe itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import pathspec
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+from watchdog.utils import UnsupportedLibcError
+
+from invalidatord.errors import SourceError
+from invalidatord.model import ChangeKind
+from invalidatord.sources.ignore import matchers
+
+__all__ = ["OVERFLOW_LOGGER", "OVERFLOW_MESSAGE", "Watch", "WatchEvents", "WatchProcess"]
+
+# What inotify is asked for (watchdog 7.1 derives the kernel mask from this list): creates,
+# closes after writing, moves and deletes. Not FileOpenedEvent/FileClosedNoWriteEvent (every
+# read of every file) nor FileModifiedEvent (IN_MODIFY fires per write() call): with
+# watchdog's default mask a tree of 6,000+ directories overflows the kernel queue in a loop.
+_INOTIFY_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    FileClosedEvent,
+    FileMovedEvent,
+    FileDeletedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
+    DirDeletedEvent,
+]
+# The polling observer compares snapshots: "modified" is its only signal of a content change.
+_POLLING_EVENTS: list[type[FileSystemEvent]] = [*_INOTIFY_EVENTS, FileModifiedEvent]
+
+_FILE_KINDS: dict[type[FileSystemEvent], ChangeKind] = {
+    FileCreatedEvent: ChangeKind.CREATED,
+    FileClosedEvent: ChangeKind.MODIFIED,
+    FileModifiedEvent: ChangeKind.MODIFIED,
+    FileDeletedEvent: ChangeKind.DELETED,
+}
+
+# watchdog 7.1 reports a kernel queue overflow (IN_Q_OVERFLOW) only as this WARNING on this
+# logger (InotifyFD.handle_event), then rebuilds its watches; event handlers hear nothing.
+OVERFLOW_LOGGER = "watchdog.observers.inotify_c"
+OVERFLOW_MESSAGE = "Inotify queue overflowed; filesystem events were lost"
+
+_STOP_TIMEOUT = 10.0
+
+
+class WatchEvents:
+    """What a `Watch` tells its owner, on watchdog's threads. Override what you need."""
+
+    def change(self, rel: str, kind: ChangeKind) -> None:
+        """A change of `rel` (relative to the root; "" = the root itself)."""
+
+    def overflow(self) -> None:
+        """The kernel's event queue overflowed: changes were lost, rescan everything."""
+
+    def report(self, event: str, fields: Mapping[str, Any]) -> None:
+        """Something worth a log line (`watcher_fallback`, `source_root_gone`)."""
+
+    def ended(self, reason: str) -> None:
+        """The watcher process ended without being asked to: nothing is watched any more."""
+
+
+class Watch:
+    """watchdog on `root` (already resolved), delivering to `events`."""
+
+    def __init__(
+        self,
+        name: str,
+        root: str,
+        ignore: Sequence[str],
+        events: WatchEvents,
+        *,
+        watcher: Literal["auto", "inotify", "polling"] = "auto",
+        poll_interval: float = 5.0,
+    ) -> None:
+        self.name = name
+        self.root = root
+        self.prefix = root if root.endswith(os.sep) else root + os.sep
+        self.match = matchers(pathspec.GitIgnoreSpec.from_lines(ignore))[0]
+        self.events = events
+        self.watcher = watcher
+        self.poll_interval = poll_interval
+        #: "inotify" or "polling" once started.
+        self.kind = ""
+        self.delivering = False
+        self.reader_ident: int | None = None
+        self._observer: BaseObserver | None = None
+
+    def start(self) -> str:
+        """Start watching; returns "inotify" or "polling". Raises `SourceError`."""
+        _quiet_rewatch_warning()
+        observer: BaseObserver | None = None
+        if self.watcher != "polling":
+            try:
+                observer = self._start_inotify()
+            except OSError as exc:
+                reason = f"inotify cannot watch {self.root}: {describe(exc)}"
+                if self.watcher == "inotify":
+                    raise SourceError(self.name, reason) from exc
+                self.events.report("watcher_fallback", {"root": self.root, "reason": reason})
+        if observer is None:
+            observer = self._start_polling()
+        self._observer = observer
+        return self.kind
+
+    def stop(self) -> None:
+        """Stop; returns once the observer's threads have ended (10 s at most). Events the
+        observer had already read are dispatched first."""
+        observer, self._observer = self._observer, None
+        if observer is None:
+            return
+        _OVERFLOW_HOOK.remove(self)
+        observer.stop()
+        if observer.is_alive():
+            observer.join(_STOP_TIMEOUT)
+        self.delivering = False
+
+    @property
+    def healthy(self) -> bool:
+        """True while the observer and its emitter are alive (an emitter stops by itself when
+        the root is deleted)."""
+        observer = self._observer
+        if observer is None or not observer.is_alive():
+            return False
+        emitters = list(observer.emitters)
+        return bool(emitters) and all(emitter.is_alive() for emitter in emitters)
+
+    def _start_inotify(self) -> BaseObserver:
+        try:
+            from watchdog.observers.inotify import InotifyObserver
+        except (ImportError, UnsupportedLibcError) as exc:  # not Linux, or a libc without it
+            raise OSError(errno.ENOSYS, f"inotify is not available: {exc}") from exc
+
+        observer = InotifyObserver()  # inotify_init: the kernel queue size is fixed here
+        _OVERFLOW_HOOK.add(self)
+        self.delivering = True
+        try:
+            observer.schedule(
+                _Handler(self), self.root, recursive=True, event_filter=_INOTIFY_EVENTS
+            )
+            observer.start()
+            # watchdog starts its inotify reader thread in the constructor; an overflow record
+            # comes from that thread, which is how it is told apart from another watch's.
+            self.reader_ident = getattr(getattr(observer, "_inotify_fd", None), "ident", None)
+            missing = _unwatched_directories(observer, self.root)
+            if missing:
+                raise OSError(
+                    errno.ENOSPC,
+                    f"inotify watch limit reached: {missing} directories are not watched"
+                    " (raise fs.inotify.max_user_watches)",
+                )
+        except BaseException:
+            self.delivering = False
+            _OVERFLOW_HOOK.remove(self)
+            _shutdown(observer)
+            raise
+        self.kind = "inotify"
+        return observer
+
+    def _start_polling(self) -> BaseObserver:
+        observer = PollingObserver(timeout=self.poll_interval)
+        self.delivering = True
+        try:
+            observer.schedule(
+                _Handler(self), self.root, recursive=True, event_filter=_POLLING_EVENTS
+            )
+            observer.start()  # takes the first snapshot before returning
+        except OSError as exc:
+            self.delivering = False
+            _shutdown(observer)
+            raise SourceError(self.name, f"cannot poll {self.root}: {describe(exc)}") from exc
+        self.reader_ident = None
+        self.kind = "polling"
+        return observer
+
+
+class _Handler(FileSystemEventHandler):
+    """watchdog events -> changes. The hot path: no stat, no logging per event."""
+
+    def __init__(self, watch: Watch) -> None:
+        self._watch = watch
+        self._root = watch.root
+        self._prefix = watch.prefix
+        self._match = watch.match
+        self._change = watch.events.change
+
+    def _relative(self, path: bytes | str) -> str | None:
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        if path.startswith(self._prefix):
+            return path[len(self._prefix) :]
+        if path == self._root:
+            return ""
+        return None  # "" for the unknown end of a move, or outside the root
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        if not self._watch.delivering:
+            return
+        match = self._match
+        change = self._change
+        if event.is_directory:
+            ends = (
+                (event.src_path, event.dest_path)
+                if type(event) is DirMovedEvent
+                else (event.src_path,)
+            )
+            for end in ends:
+                rel = self._relative(end)
+                if rel is None or (match is not None and rel and match(rel + "/")):
+                    continue
+                if not rel and type(event) is DirDeletedEvent:
+                    self._watch.events.report("source_root_gone", {"root": self._root})
+                change(rel, ChangeKind.RESCAN)
+            return
+        if type(event) is FileMovedEvent:
+            for end in (event.src_path, event.dest_path):
+                rel = self._relative(end)
+                if rel and (match is None or not match(rel)):
+                    change(rel, ChangeKind.MOVED)
+            return
+        kind = _FILE_KINDS.get(type(event))
+        if kind is None:
+            return
+        rel = self._relative(event.src_path)
+        if rel and (match is None or not match(rel)):
+            change(rel, kind)
+
+
+class _OverflowHook(logging.Handler):
+    """Hears watchdog's overflow WARNING and tells the watch whose inotify reader thread
+    logged it; a record from any other thread (unattributable) goes to every inotify watch,
+    since an extra rescan costs a walk and a lost change costs a stale cache."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self._watches: set[Watch] = set()
+        self._guard = threading.Lock()
+
+    def add(self, watch: Watch) -> None:
+        logger = logging.getLogger(OVERFLOW_LOGGER)
+        with self._guard:
+            self._watches.add(watch)
+            if self not in logger.handlers:
+                logger.addHandler(self)
+            # The hook hears nothing if logging config silenced the logger: a dictConfig with
+            # disable_existing_loggers, or a level above WARNING (log.level: error).
+            logger.disabled = False
+            if not logger.isEnabledFor(logging.WARNING):
+                logger.setLevel(logging.WARNING)
+
+    def remove(self, watch: Watch) -> None:
+        with self._guard:
+            self._watches.discard(watch)
+            if not self._watches:
+                logging.getLogger(OVERFLOW_LOGGER).removeHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not str(record.msg).startswith(OVERFLOW_MESSAGE):
+            return
+        with self._guard:
+            watches = list(self._watches)
+        mine = [w for w in watches if w.reader_ident == record.thread]
+        for watch in mine or watches:
+            if watch.delivering:
+                watch.events.overflow()
+
+
+_OVERFLOW_HOOK = _OverflowHook()
+
+
+def _unwatched_directories(observer: BaseObserver, root: str) -> int:
+    """How many directories under `root` inotify is not watching. watchdog 7.1 swallows the
+    ENOSPC of inotify_add_watch below the root (InotifyWatchGroup._add_callback), so a tree
+    larger than fs.inotify.max_user_watches would otherwise be watched in part, silently.
+    Reads watchdog internals; 0 when they are not where expected."""
+    watched: dict[bytes, object] | None = None
+    for emitter in list(observer.emitters):
+        paths = getattr(getattr(emitter, "_inotify", None), "_active_callbacks_by_path", None)
+        if isinstance(paths, dict):
+            watched = paths  # live: the reader thread adds to it; `in` is atomic, copying is not
+    if watched is None:
+        return 0
+    missing: list[bytes] = []
+    for parent, dirs, _ in os.walk(os.fsencode(root)):
+        for name in dirs:
+            path = os.path.join(parent, name)
+            if path not in watched and not os.path.islink(path):
+                missing.append(path)
+    # A directory created since watchdog's own walk gets its watch when the reader thread
+    # handles its IN_CREATE: count only those still unwatched and still there.
+    return sum(1 for path in missing if path not in watched and os.path.isdir(path))
+
+
+def _quiet_rewatch_warning() -> None:
+    """watchdog 7.1 issues a RuntimeWarning each time it re-adds a watch it already holds,
+    which happens whenever a new directory's IN_CREATE races its own recursive walk (`mkdir -p`,
+    `cp -r`, `git checkout`). Nothing is lost, but the message embeds the repr of every watch
+    of the tree: megabytes per line on stderr for a large one. (Re-added on each start: a
+    `catch_warnings` block, as pytest uses, restores the filters it found.)"""
+    warnings.filterwarnings(
+        "ignore", message="Callback with id", category=RuntimeWarning, module=r"watchdog\."
+    )
+
+
+def _shutdown(observer: BaseObserver) -> None:
+    with contextlib.suppress(Exception):
+        observer.stop()
+    if observer.is_alive():
+        observer.join(_STOP_TIMEOUT)
+
+
+def describe(exc: OSError) -> str:
+    """`ENOSPC: No space left on device` rather than `[Errno 28] ...`."""
+    if exc.errno is not None and exc.strerror:
+        return f"{errno.errorcode.get(exc.errno, exc.errno)}: {exc.strerror}"
+    return str(exc)
+
+
+# ---- the child process and its pipe ------------------------------------------------------------
+
+_KIND_CODE = {
+    ChangeKind.CREATED: b"C",
+    ChangeKind.MODIFIED: b"M",
+    ChangeKind.DELETED: b"D",
+    ChangeKind.MOVED: b"V",
+    ChangeKind.RESCAN: b"R",
+}
+_CODE_KIND = {code[0]: kind for kind, code in _KIND_CODE.items()}
+_OVERFLOW, _LOG, _STARTED, _ERROR, _HEALTH = b"OLSEH"
+#: Bytes of records the parent reads at once.
+_READ_SIZE = 1 << 20
+
+
+class _PipeWriter(WatchEvents):
+    """The child's side: records are queued by watchdog's threads and written by one writer
+    thread, so a burst goes out in large writes and the observer never waits on the pipe."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._records: list[bytes] = []
+        self._wake = threading.Event()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="pipe-writer", daemon=True)
+        self._thread.start()
+
+    def send(self, record: bytes) -> None:
+        self._records.append(record)
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def change(self, rel: str, kind: ChangeKind) -> None:
+        self.send(_KIND_CODE[kind] + os.fsencode(rel) + b"\0")
+
+    def overflow(self) -> None:
+        self.send(b"O\0")
+
+    def report(self, event: str, fields: Mapping[str, Any]) -> None:
+        self.send(b"L" + json.dumps({"event": event, **fields}).encode("ascii") + b"\0")
+
+    def close(self) -> None:
+        """Write everything queued, then return."""
+        self._closing = True
+        self._wake.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        broken = False
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            records, self._records = self._records, []
+            if records and not broken:
+                data = memoryview(b"".join(records))
+                try:
+                    while data:
+                        data = data[os.write(self._fd, data) :]
+                except OSError:
+                    broken = True  # the parent is gone; stdin's end tells the main loop
+            if self._closing and not self._records:
+                return
+
+
+def child_main(stdin: Any = None, stdout_fd: int | None = None) -> int:
+    """`python -m invalidatord.sources.watcher`: one JSON line of settings on stdin (name,
+    root, ignore, watcher, poll_interval), then watch until stdin closes."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    stdin = stdin if stdin is not None else sys.stdin.buffer
+    out = stdout_fd if stdout_fd is not None else os.dup(sys.stdout.fileno())
+    # Nothing else may write to the record stream.
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    pipe = _PipeWriter(out)
+    try:
+        settings = json.loads(stdin.readline())
+        watch = Watch(
+            str(settings["name"]),
+            str(settings["root"]),
+            [str(p) for p in settings["ignore"]],
+            pipe,
+            watcher=settings["watcher"],
+            poll_interval=float(settings["poll_interval"]),
+        )
+        kind = watch.start()
+    except SourceError as exc:
+        pipe.send(b"E" + exc.reason.encode("utf-8", "backslashreplace") + b"\0")
+        pipe.close()
+        return 1
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        pipe.send(b"E" + f"{type(exc).__name__}: {exc}".encode("utf-8", "replace") + b"\0")
+        pipe.close()
+        return 1
+    pipe.send(b"S" + kind.encode("ascii") + b"\0")
+    healthy = True
+    fd = stdin.fileno()
+    while True:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready and not os.read(fd, 4096):
+            break  # the parent closed the pipe (or died): stop
+        now = watch.healthy
+        if now != healthy:
+            healthy = now
+            pipe.send(b"H" + (b"1" if now else b"0") + b"\0")
+    watch.stop()
+    pipe.close()
+    return 0
+
+
+class WatchProcess:
+    """The parent's side: starts the child, turns its records back into calls on `events`
+    (on a reader thread of this process), and stops it."""
+
+    def __init__(
+        self,
+        name: str,
+        root: str,
+        ignore: Sequence[str],
+        events: WatchEvents,
+        *,
+        watcher: Literal["auto", "inotify", "polling"] = "auto",
+        poll_interval: float = 5.0,
+    ) -> None:
+        self.name = name
+        self.root = root
+        self.events = events
+        self.kind = ""
+        self._settings = {
+            "name": name,
+            "root": root,
+            "ignore": list(ignore),
+            "watcher": watcher,
+            "poll_interval": poll_interval,
+        }
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self._started = threading.Event()
+        self._stopping = False
+        self._error = ""
+        self._healthy = False
+
+    def start(self) -> str:
+        """Start the child and wait until it watches; returns "inotify" or "polling".
+        Raises `SourceError` with the child's reason when it cannot."""
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "invalidatord.sources.watcher"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                close_fds=True,
+            )
+        except OSError as exc:
+            reason = f"cannot start the watcher process: {describe(exc)}"
+            raise SourceError(self.name, reason) from exc
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        self._proc = proc
+        self._reader = threading.Thread(
+            target=self._read, args=(proc.stdout.fileno(),), name=f"watch-{self.name}", daemon=True
+        )
+        self._reader.start()
+        try:
+            proc.stdin.write(json.dumps(self._settings).encode("utf-8", "surrogateescape") + b"\n")
+            proc.stdin.flush()
+        except OSError:
+            pass  # it died: the reader sees the end of its output
+        self._started.wait()
+        if not self.kind:
+            self.stop()
+            raise SourceError(
+                self.name, self._error or f"the watcher process ended (exit {proc.poll()})"
+            )
+        return self.kind
+
+    def stop(self) -> None:
+        """Close the child's stdin; return once it has sent everything and ended."""
+        self._stopping = True
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        self._healthy = False
+        with contextlib.suppress(OSError):
+            assert proc.stdin is not None
+            proc.stdin.close()
+        try:
+            proc.wait(_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if self._reader is not None:
+            self._reader.join(_STOP_TIMEOUT)
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+    @property
+    def healthy(self) -> bool:
+        proc = self._proc
+        return self._healthy and proc is not None and proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def _read(self, fd: int) -> None:
+        events = self.events
+        change = events.change
+        kinds = _CODE_KIND
+        fsdecode = os.fsdecode
+        tail = b""
+        try:
+            while True:
+                data = os.read(fd, _READ_SIZE)
+                if not data:
+                    break
+                frames = (tail + data).split(b"\0") if tail else data.split(b"\0")
+                tail = frames.pop()
+                for frame in frames:
+                    code = frame[0]
+                    kind = kinds.get(code)
+                    if kind is not None:
+                        change(fsdecode(frame[1:]), kind)
+                    else:
+                        self._control(code, frame[1:])
+        finally:
+            self._healthy = False
+            ended = bool(self.kind) and not self._stopping
+            self._started.set()
+        if ended:
+            proc = self._proc
+            status = proc.wait() if proc is not None else None
+            self.events.ended(f"the watcher process ended (exit {status})")
+
+    def _control(self, code: int, payload: bytes) -> None:
+        if code == _OVERFLOW:
+            self.events.overflow()
+        elif code == _LOG:
+            fields = json.loads(payload)
+            self.events.report(str(fields.pop("event")), fields)
+        elif code == _STARTED:
+            self.kind = payload.decode("ascii")
+            self._healthy = True
+            self._started.set()
+        elif code == _ERROR:
+            self._error = payload.decode("utf-8", "replace")
+        elif code == _HEALTH:
+            self._healthy = payload == b"1"
+
+
+if __name__ == "__main__":
+    sys.exit(child_main())

@@ -1,0 +1,161 @@
+"""The watcher in a process of its own: its pipe protocol, its start-up errors, and what the
+source does when the process dies (a new one, and a rescan of everything)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import structlog
+
+from invalidatord.errors import SourceError
+from invalidatord.model import ChangeKind
+from invalidatord.sources.filesystem import FilesystemSource
+from invalidatord.sources.watcher import WatchEvents, WatchProcess
+from tests.test_filesystem_source import Collector
+from tests.waiting import wait_for
+
+K = ChangeKind
+
+
+def _frames(data: bytes) -> list[bytes]:
+    frames = data.split(b"\0")
+    assert frames.pop() == b""  # every frame is terminated
+    return frames
+
+
+def _child(settings: dict[str, object]) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invalidatord.sources.watcher"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps(settings).encode() + b"\n")
+    proc.stdin.flush()
+    return proc
+
+
+def test_child_reports_a_root_it_cannot_watch_and_exits(tmp_path: Path) -> None:
+    """Asked to watch a missing root with inotify only, the child sends one E frame naming
+    the root and exits 1."""
+    proc = _child(
+        {
+            "name": "docroot",
+            "root": str(tmp_path / "missing"),
+            "ignore": [],
+            "watcher": "inotify",
+            "poll_interval": 5,
+        }
+    )
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    [frame] = _frames(out)
+    assert frame.startswith(b"E")
+    assert str(tmp_path / "missing").encode() in frame
+
+
+def test_child_streams_raw_names_and_stops_when_stdin_closes(tmp_path: Path) -> None:
+    """Frames carry the name's raw bytes (a non-UTF-8 name too); ignored names never leave
+    the child; closing stdin makes it send what it has and exit 0."""
+    root = tmp_path / "www"
+    root.mkdir()
+    proc = _child(
+        {
+            "name": "docroot",
+            "root": str(root),
+            "ignore": ["*.swp"],
+            "watcher": "inotify",
+            "poll_interval": 5,
+        }
+    )
+    assert proc.stdout is not None
+    assert proc.stdin is not None
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(proc.stdout.read1, b"")))
+    reader.start()
+    wait_for(lambda: b"".join(chunks).startswith(b"Sinotify\0"), 30, what="the S frame")
+    raw = b"caf\xe9.html"
+    (root / ".page.swp").write_text("x")
+    with open(os.path.join(os.fsencode(root), raw), "wb") as f:
+        f.write(b"x")
+    (root / "zz-last.html").write_text("x")
+    wait_for(lambda: b"Mzz-last.html" in b"".join(chunks), 10, what="the last file's frames")
+    proc.stdin.close()
+    proc.wait(30)
+    reader.join(10)
+    frames = _frames(b"".join(chunks))
+    assert proc.returncode == 0
+    assert b"C" + raw in frames
+    assert b"M" + raw in frames
+    assert not any(b".page.swp" in f for f in frames)
+
+
+def test_sigint_and_sigterm_do_not_end_the_child(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C or systemd's SIGTERM reach the whole group: the child keeps
+    watching until its parent closes the pipe."""
+    root = tmp_path / "www"
+    root.mkdir()
+    sink = Collector()
+    source = FilesystemSource("docroot", root, sink)
+    source.start()
+    try:
+        pid = source.watcher_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGINT)
+        os.kill(pid, signal.SIGTERM)
+        (root / "after.html").write_text("x")
+        sink.wait("after.html", K.MODIFIED)
+        assert source.healthy
+        assert source.watcher_pid == pid
+    finally:
+        source.stop()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # reaped: stop() waited for it
+
+
+def test_a_killed_watcher_process_is_replaced_and_the_tree_rescanned(tmp_path: Path) -> None:
+    """SIGKILL of the watcher process: the source logs watcher_process_ended, starts another,
+    delivers a RESCAN of the whole tree (changes made meanwhile were not seen) and keeps
+    delivering."""
+    root = tmp_path / "www"
+    root.mkdir()
+    sink = Collector()
+    source = FilesystemSource("docroot", root, sink)
+    with structlog.testing.capture_logs() as logs:
+        source.start()
+        try:
+            first = source.watcher_pid
+            assert first is not None
+            os.kill(first, signal.SIGKILL)
+            sink.wait("", K.RESCAN, timeout=15)
+            wait_for(lambda: source.healthy, 15, what="a healthy source again")
+            assert source.watcher_pid not in (None, first)
+            (root / "later.html").write_text("x")
+            sink.wait("later.html", K.MODIFIED)
+        finally:
+            source.stop()
+    events = [e["event"] for e in logs]
+    assert "watcher_process_ended" in events
+    assert "watcher_restarted" in events
+    ended = next(e for e in logs if e["event"] == "watcher_process_ended")
+    assert "exit -9" in ended["reason"]
+
+
+def test_start_raises_the_childs_reason(tmp_path: Path) -> None:
+    """When the child cannot watch, start() raises a SourceError with the child's own words
+    (here: inotify on a root that is gone) and leaves no process behind."""
+    missing = str(tmp_path / "gone")
+    watch = WatchProcess("docroot", missing, [], WatchEvents(), watcher="inotify")
+    with pytest.raises(SourceError, match="inotify cannot watch") as raised:
+        watch.start()
+    assert missing in raised.value.reason
+    assert not watch.healthy
+    assert watch.pid is None
