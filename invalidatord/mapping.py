@@ -240,10 +240,17 @@ class _CompiledRule:
     used: frozenset[str]  # the variables its templates use: only those are encoded
 
 
-def _fields(path: str) -> dict[str, str]:
+_PATH_ONLY = frozenset({"path"})
+
+
+def _fields(path: str, used: frozenset[str] = TEMPLATE_FIELDS) -> dict[str, str]:
+    """The template variables of `path`; only those in `used` (the hot path needs one)."""
+    if used <= _PATH_ONLY:
+        return {"path": path}
     directory, _, name = path.rpartition("/")
     stem, dot_ext = posixpath.splitext(name)  # ".htaccess" -> (".htaccess", "")
-    return {"path": path, "dir": directory, "name": name, "stem": stem, "ext": dot_ext[1:]}
+    fields = {"path": path, "dir": directory, "name": name, "stem": stem, "ext": dot_ext[1:]}
+    return {k: v for k, v in fields.items() if k in used}
 
 
 def _render(parts: tuple[_Part, ...], values: dict[str, str]) -> str:
@@ -291,7 +298,7 @@ class Mapper:
         if not rule.templates or not rule.distributions:
             return Mapped(urls={}, rule=index, rejected=())
         try:
-            values = {k: _encode_value(v) for k, v in _fields(path).items() if k in rule.used}
+            values = {k: _encode_value(v) for k, v in _fields(path, rule.used).items()}
         except ValueError as exc:
             shown = path.encode("utf-8", "backslashreplace").decode("utf-8")
             return Mapped(urls={}, rule=index, rejected=((normalise(shown), str(exc)),))

@@ -26,16 +26,28 @@ from invalidatord.contracts import Source, TreeScanner
 from invalidatord.debounce import Coalesced, Debouncer, Flush
 from invalidatord.errors import InvalidatordError
 from invalidatord.journal import Accepted, Journal
-from invalidatord.mapping import Mapper
+from invalidatord.mapping import Mapped, Mapper
 from invalidatord.metrics import Metrics
 from invalidatord.model import Change, ChangeKind, FileStat
 
 log = structlog.get_logger(__name__)
 
 #: How many queued changes one loop iteration takes before checking for due flushes.
-_DRAIN_MAX = 20_000
+_DRAIN_MAX = 2_000
 #: Paths per journal transaction when a flush is accepted.
 _ACCEPT_CHUNK = 2_000
+#: Paths prepared per loop iteration while a window is open (~10 ms of work, so changes
+#: arriving meanwhile are still taken promptly).
+_PREPARE_CHUNK = 500
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """What accepting one changed path needs, worked out while its window is still open."""
+
+    stat: FileStat | None  # the file now (None: gone); unused for sources without a scanner
+    known: bool  # in the catch-up index (looked up only for a file that is gone)
+    mapped: Mapped
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +92,11 @@ class Pipeline:
         self._thread: threading.Thread | None = None
         # receipts of flushes whose commit failed: acknowledged with the next successful one
         self._held_receipts: dict[str, list[str]] = {name: [] for name in self._sources}
+        # The quiet window is spent doing the per-path work of the accept (stat, index lookup,
+        # mapping), so a flush only has the journal left to do. A path changed again after
+        # it was prepared is prepared again: its stat must be the last one.
+        self._prepared: dict[str, dict[str, _Prepared]] = {name: {} for name in self._sources}
+        self._unprepared: dict[str, dict[str, None]] = {name: {} for name in self._sources}
         self.accepted_paths = 0
 
     # Sources call this from their own threads: it must stay cheap and never block.
@@ -121,6 +138,8 @@ class Pipeline:
             self._heartbeat()
 
     def _wait_time(self) -> float:
+        if any(self._unprepared.values()):
+            return 0.0
         dues = [d.next_due() for d in self._debouncers.values()]
         soonest = min((t for t in dues if t is not None), default=None)
         if soonest is None:
@@ -134,6 +153,7 @@ class Pipeline:
         if drained:
             now = self._monotonic()
             counts: Counter[tuple[str, str]] = Counter()
+            rescan = ChangeKind.RESCAN
             for change in drained:
                 debouncer = self._debouncers.get(change.source)
                 if debouncer is None:
@@ -141,12 +161,48 @@ class Pipeline:
                     continue
                 debouncer.add(change, now)
                 counts[(change.source, change.kind.value)] += 1
+                if change.kind is not rescan:
+                    self._prepared[change.source].pop(change.path, None)
+                    self._unprepared[change.source][change.path] = None
             for (source, kind), n in counts.items():
                 self._metrics.changes.labels(source, kind).inc(n)
         now = self._monotonic()
+        flushed = False
         for name, debouncer in self._debouncers.items():
             if debouncer.due(now):
                 self._accept(name, debouncer.flush())
+                flushed = True
+        if not flushed:
+            self._prepare_some()
+
+    def _prepare_some(self) -> None:
+        for source, waiting in self._unprepared.items():
+            if waiting:
+                chunk = []
+                for path in waiting:
+                    chunk.append(path)
+                    if len(chunk) == _PREPARE_CHUNK:
+                        break
+                for path in chunk:
+                    del waiting[path]
+                self._prepare(source, chunk)
+                return
+
+    def _prepare(self, source: str, paths: list[str]) -> None:
+        ready = self._prepared[source]
+        scanner = self._scanners.get(source)
+        mapper = self._mapper
+        if scanner is None:
+            for path in paths:
+                ready[path] = _Prepared(None, False, mapper.map(source, path))
+            return
+        stat = scanner.stat
+        stats = [stat(path) for path in paths]
+        # whether the index knew a file matters only once it is gone (see _still_relevant)
+        gone = [path for path, st in zip(paths, stats, strict=True) if st is None]
+        known = self._journal.index_get(source, gone) if gone else {}
+        for path, st in zip(paths, stats, strict=True):
+            ready[path] = _Prepared(st, path in known, mapper.map(source, path))
 
     def _drain(self, timeout: float) -> list[Change]:
         try:
@@ -197,6 +253,7 @@ class Pipeline:
             self._stop.wait(1.0)
 
     def _accept_flush(self, source: str, flush: Flush) -> None:
+        started = time.monotonic()
         files: dict[str, Coalesced] = {}
         rescans: list[Coalesced] = []
         for c in flush.changes:
@@ -214,10 +271,18 @@ class Pipeline:
         # paths in memory at once; wake the submitter only once the whole flush is in, so one
         # deploy is planned as one batch (waking it earlier splits it into several requests,
         # and into several wildcards where it would have collapsed into one).
+        ready = self._prepared[source]
+        waiting = self._unprepared[source]
         for start in range(0, len(paths), _ACCEPT_CHUNK):
             chunk = paths[start : start + _ACCEPT_CHUNK]
+            for path in chunk:
+                waiting.pop(path, None)
+            todo = [p for p in chunk if p not in ready]
+            if todo:
+                self._prepare(source, todo)
+            prepared = [(path, ready.pop(path)) for path in chunk]
             keep, index_updates = (
-                self._still_relevant(source, scanner, chunk) if scanner else (chunk, [])
+                self._still_relevant(source, prepared) if scanner else (prepared, [])
             )
             accepted = self._map(source, keep, files)
             self._journal.accept(accepted, index_updates, {f"changes_accepted:{source}": len(keep)})
@@ -231,32 +296,37 @@ class Pipeline:
             self._sources[source].acknowledge(receipts)
         self.accepted_paths += urls
         log.info(
-            "changes_accepted", source=source, changes=kept, dropped=len(files) - kept, urls=urls
+            "changes_accepted",
+            source=source,
+            changes=kept,
+            dropped=len(files) - kept,
+            urls=urls,
+            seconds=round(time.monotonic() - started, 3),
         )
         if urls:
             self._on_accepted()
 
     def _still_relevant(
-        self, source: str, scanner: TreeScanner, paths: list[str]
-    ) -> tuple[list[str], list[tuple[str, str, FileStat | None]]]:
+        self, source: str, prepared: list[tuple[str, _Prepared]]
+    ) -> tuple[list[tuple[str, _Prepared]], list[tuple[str, str, FileStat | None]]]:
         """The paths worth invalidating, and the catch-up index updates that go with them."""
-        known = self._journal.index_get(source, paths)
-        keep: list[str] = []
+        keep: list[tuple[str, _Prepared]] = []
         index_updates: list[tuple[str, str, FileStat | None]] = []
-        for path in paths:
-            st = scanner.stat(path)
-            if st is None and path not in known:
+        for path, p in prepared:
+            if p.stat is None and not p.known:
                 # Created and gone again inside one window (rsync temp files, vim's 4913
                 # probe): CloudFront never saw it and the index never knew it.
                 continue
-            index_updates.append((source, path, st))
-            keep.append(path)
+            index_updates.append((source, path, p.stat))
+            keep.append((path, p))
         return keep, index_updates
 
-    def _map(self, source: str, paths: list[str], files: dict[str, Coalesced]) -> list[Accepted]:
+    def _map(
+        self, source: str, prepared: list[tuple[str, _Prepared]], files: dict[str, Coalesced]
+    ) -> list[Accepted]:
         accepted: list[Accepted] = []
-        for path in paths:
-            mapped = self._mapper.map(source, path)
+        for path, p in prepared:
+            mapped = p.mapped
             for url, reason in mapped.rejected:
                 log.warning("path_not_sendable", source=source, path=path, url=url, reason=reason)
             if mapped.rule is None:

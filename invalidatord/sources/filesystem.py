@@ -264,13 +264,14 @@ class FilesystemSource(WatchEvents):
     def stat(self, path: str) -> FileStat | None:
         """The file's stat now (lstat for a symlink to a file, as `scan` reports it), or None
         if it does not exist or is not a regular file."""
-        full = os.path.join(self._root_str, path)
+        full = self._root_prefix + path
         try:
             st = os.lstat(full)
-            if stat_module.S_ISLNK(st.st_mode):
-                if not stat_module.S_ISREG(os.stat(full).st_mode):
-                    return None
-            elif not stat_module.S_ISREG(st.st_mode):
+            mode = st.st_mode & _S_IFMT
+            # a symlink counts when it leads to a file
+            if mode != _S_IFREG and (
+                mode != _S_IFLNK or not stat_module.S_ISREG(os.stat(full).st_mode)
+            ):
                 return None
         except (OSError, ValueError):
             return None
