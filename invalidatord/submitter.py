@@ -38,7 +38,7 @@ from invalidatord.errors import (
 from invalidatord.journal import PLANNED, SUBMITTED, BatchRecord, Journal
 from invalidatord.metrics import Metrics
 from invalidatord.model import InFlight, is_wildcard
-from invalidatord.planner import Limits, covers, plan
+from invalidatord.planner import Limits, plan
 
 log = structlog.get_logger(__name__)
 
@@ -183,10 +183,11 @@ class Submitter:
                     continue
                 return
             for batch in batches:
-                wildcards = [p for p in batch.paths if is_wildcard(p)]
-                chosen = set(batch.paths)
+                # The batch's own paths; create_batch takes every pending path under one of
+                # its wildcards by range, so those need not be listed.
+                under = tuple(p[:-1] for p in batch.paths if is_wildcard(p))
                 consumed = [
-                    p for p in pending if p in chosen or any(covers(w, p) for w in wildcards)
+                    p for p in batch.paths if not is_wildcard(p) and not p.startswith(under)
                 ]
                 record = self._journal.create_batch(state.name, batch.paths, consumed)
                 if not self._submit(record, state):
