@@ -123,6 +123,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _map(cfg, args.source, args.paths)
     logs.configure(cfg.log.format, cfg.log.level)
     if command == "run":
+        from invalidatord.sources.filesystem import prespawn_watchers
+
+        # the watchers add their watches on the other core while the rest is imported
+        prespawn_watchers(cfg.sources)
         from invalidatord import daemon
 
         return daemon.run(cfg, dry_run=args.dry_run, reload=lambda: load_config(path))

@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 import structlog
 
+from invalidatord.config import FilesystemSourceConfig, load_config
 from invalidatord.errors import SourceError
 from invalidatord.model import ChangeKind
-from invalidatord.sources.filesystem import FilesystemSource
+from invalidatord.sources.filesystem import FilesystemSource, prespawn_watchers
 from invalidatord.sources.watcher import WatchEvents, WatchProcess
+from tests.harness import write_config
 from tests.test_filesystem_source import Collector
 from tests.waiting import wait_for
 
@@ -159,3 +161,39 @@ def test_start_raises_the_childs_reason(tmp_path: Path) -> None:
     assert missing in raised.value.reason
     assert not watch.healthy
     assert watch.pid is None
+
+
+def _children() -> set[int]:
+    pid = os.getpid()
+    kids: set[int] = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            kids |= {int(k) for k in f.read().split()}
+    return kids
+
+
+def test_a_prespawned_watcher_is_adopted_by_its_source(tmp_path: Path) -> None:
+    """`prespawn_watchers` (the CLI calls it before importing the daemon) starts the child
+    early; the source with the same settings adopts that very process instead of starting a
+    second one, and changes flow through it."""
+    root = tmp_path / "www"
+    root.mkdir()
+    config = load_config(
+        write_config(tmp_path, root=root, endpoint="http://127.0.0.1:9", distribution_id="E1")
+    )
+    before = _children()
+    prespawn_watchers(config.sources)
+    early = _children() - before
+    assert len(early) == 1
+    sink = Collector()
+    [cfg] = config.sources
+    assert isinstance(cfg, FilesystemSourceConfig)
+    source = FilesystemSource("docroot", cfg.root, sink, ignore=cfg.ignore)
+    source.start()
+    try:
+        assert source.watcher_pid in early
+        assert _children() - before == early
+        (root / "page.html").write_text("x")
+        sink.wait("page.html", K.MODIFIED)
+    finally:
+        source.stop()

@@ -32,6 +32,7 @@ from typing import Any, Literal
 import pathspec
 import structlog
 
+from invalidatord.config import FilesystemSourceConfig, SourceConfig
 from invalidatord.contracts import ChangeSink
 from invalidatord.errors import SourceError
 from invalidatord.model import DEFAULT_IGNORE, Change, ChangeKind, FileStat
@@ -43,6 +44,7 @@ from invalidatord.sources.watcher import (
     WatchEvents,
     WatchProcess,
     describe,
+    prespawn,
 )
 
 log = structlog.get_logger(__name__)
@@ -359,3 +361,17 @@ class FilesystemSource(WatchEvents):
                     return
             time.sleep(delay)
             delay = min(60.0, delay * 2)
+
+
+def prespawn_watchers(sources: Sequence[SourceConfig]) -> None:
+    """Start the watcher process of every filesystem source in `sources` that runs one,
+    ahead of the daemon's start (see `watcher.prespawn`)."""
+    for s in sources:
+        if isinstance(s, FilesystemSourceConfig) and s.watcher_process:
+            prespawn(
+                s.name,
+                os.path.realpath(s.root),
+                s.ignore,
+                watcher=s.watcher,
+                poll_interval=s.poll_interval,
+            )

@@ -485,6 +485,56 @@ def child_main(stdin: Any = None, stdout_fd: int | None = None) -> int:
     return 0
 
 
+#: Children started ahead of their source (see `prespawn`), by their settings line.
+_PRESPAWNED: dict[bytes, subprocess.Popen[bytes]] = {}
+
+
+def _settings_line(settings: Mapping[str, Any]) -> bytes:
+    return json.dumps(settings, sort_keys=True).encode("ascii") + b"\n"
+
+
+def _spawn(settings: bytes) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invalidatord.sources.watcher"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        close_fds=True,
+    )
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(settings)
+        proc.stdin.flush()
+    except OSError:
+        pass  # it died: its reader sees the end of its output
+    return proc
+
+
+def prespawn(
+    name: str,
+    root: str,
+    ignore: Sequence[str],
+    *,
+    watcher: Literal["auto", "inotify", "polling"] = "auto",
+    poll_interval: float = 5.0,
+) -> None:
+    """Start a watcher process now, for a `WatchProcess` with the same settings to adopt
+    later: the daemon calls this as soon as its config is read, so the child adds its
+    watches while the daemon imports boto3 and checks CloudFront, on the other core. Changes
+    it sees before it is adopted wait in the pipe. A child nobody adopts ends with this
+    process (its stdin closes). Failing here is not an error: `start` spawns again."""
+    settings = {
+        "name": name,
+        "root": root,
+        "ignore": list(ignore),
+        "watcher": watcher,
+        "poll_interval": poll_interval,
+    }
+    key = _settings_line(settings)
+    if key not in _PRESPAWNED:
+        with contextlib.suppress(OSError):
+            _PRESPAWNED[key] = _spawn(key)
+
+
 class WatchProcess:
     """The parent's side: starts the child, turns its records back into calls on `events`
     (on a reader thread of this process), and stops it."""
@@ -518,18 +568,17 @@ class WatchProcess:
         self._healthy = False
 
     def start(self) -> str:
-        """Start the child and wait until it watches; returns "inotify" or "polling".
-        Raises `SourceError` with the child's reason when it cannot."""
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "invalidatord.sources.watcher"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                close_fds=True,
-            )
-        except OSError as exc:
-            reason = f"cannot start the watcher process: {describe(exc)}"
-            raise SourceError(self.name, reason) from exc
+        """Start the child (or adopt the one `prespawn` started for the same settings) and
+        wait until it watches; returns "inotify" or "polling". Raises `SourceError` with the
+        child's reason when it cannot."""
+        key = _settings_line(self._settings)
+        proc = _PRESPAWNED.pop(key, None)
+        if proc is None:
+            try:
+                proc = _spawn(key)
+            except OSError as exc:
+                reason = f"cannot start the watcher process: {describe(exc)}"
+                raise SourceError(self.name, reason) from exc
         assert proc.stdin is not None
         assert proc.stdout is not None
         self._proc = proc
@@ -537,11 +586,6 @@ class WatchProcess:
             target=self._read, args=(proc.stdout.fileno(),), name=f"watch-{self.name}", daemon=True
         )
         self._reader.start()
-        try:
-            proc.stdin.write(json.dumps(self._settings).encode("utf-8", "surrogateescape") + b"\n")
-            proc.stdin.flush()
-        except OSError:
-            pass  # it died: the reader sees the end of its output
         self._started.wait()
         if not self.kind:
             self.stop()
