@@ -122,6 +122,53 @@ def status_kb(pid: int, key: str) -> int:
     raise BenchError(f"/proc/{pid}/status has no {key}")
 
 
+def family(pid: int) -> list[int]:
+    """`pid` and its descendants (the daemon runs its watcher in a child process)."""
+    return [pid, *_descendants(pid)]
+
+
+def signal_family(pid: int, sig: int) -> None:
+    """Send `sig` to `pid` and every descendant (SIGSTOP must stop the watcher process too)."""
+    for each in family(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(each, sig)
+
+
+def family_cpu_seconds(pid: int) -> float:
+    """CPU seconds of `pid` and its live descendants."""
+    total = 0.0
+    for each in family(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(each)
+    return total
+
+
+def family_peak_rss_kb(pid: int) -> int:
+    """The sum of each process's peak RSS (VmHWM) over `pid` and its live descendants: an
+    upper bound of their peak together."""
+    total = 0
+    for each in family(pid):
+        with contextlib.suppress(OSError, BenchError):
+            total += status_kb(each, "VmHWM")
+    return total
+
+
+def family_pss_kb(pid: int) -> int:
+    """Proportional set size now, summed over `pid` and its live descendants: each shared
+    page (libpython, the same modules) counted once across them, not once per process."""
+    total = 0
+    for each in family(pid):
+        with (
+            contextlib.suppress(OSError),
+            open(f"/proc/{each}/smaps_rollup", encoding="ascii") as f,
+        ):
+            for line in f:
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+                    break
+    return total
+
+
 def stop_process(
     proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 60
 ) -> int:

@@ -30,6 +30,7 @@ from bench.procs import (
     BenchError,
     Daemon,
     JournalProbe,
+    signal_family,
     spawn,
     wait_until,
     write_config,
@@ -151,7 +152,7 @@ def fold(raw: Path, top: int = 25) -> dict[str, Any]:
 def _record_pid(spy: str, pid: int, out: Path) -> subprocess.Popen[bytes]:
     return spawn(
         [spy, "record", "--pid", str(pid), "--rate", str(RATE), "--format", "raw",
-         "--threads", "--nonblocking", "--output", str(out)],
+         "--threads", "--subprocesses", "--nonblocking", "--output", str(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
 
@@ -189,12 +190,12 @@ def profile_throughput(ctx: Ctx, spy: str) -> dict[str, Any]:
                 daemon.wait_ready()
                 if daemon.log.find(lambda e: e.get("event") == "watcher_overflow"):
                     raise BenchError("the kernel queue overflowed before the profile started")
-                os.kill(daemon.proc.pid, signal.SIGSTOP)
+                signal_family(daemon.proc.pid, signal.SIGSTOP)
                 if kind == "create":
                     tree.write_files(root, rels, tree.page(1))
                 else:
                     tree.append_files(root, rels, b"<!-- appended -->\n")
-                os.kill(daemon.proc.pid, signal.SIGCONT)
+                signal_family(daemon.proc.pid, signal.SIGCONT)
                 t0 = time.monotonic()
                 spy_proc = _record_pid(spy, daemon.proc.pid, out)
                 _wait_accepted(probe, _urls(rels), 0)

@@ -113,9 +113,19 @@ def _select_source(rev: str | None, work: Path) -> dict[str, Any]:
 
 
 def _check_filter() -> None:
-    from bench.watchdog_alone import EVENT_FILTER
-    from invalidatord.sources.filesystem import _INOTIFY_EVENTS
+    import importlib
 
+    from bench.watchdog_alone import EVENT_FILTER
+
+    # where the filter lives in the code measured (it moved with the watcher process)
+    for module in ("invalidatord.sources.watcher", "invalidatord.sources.filesystem"):
+        try:
+            _INOTIFY_EVENTS = importlib.import_module(module)._INOTIFY_EVENTS
+            break
+        except (ImportError, AttributeError):
+            continue
+    else:
+        raise SystemExit("cannot find invalidatord's inotify event filter")
     if set(EVENT_FILTER) != set(_INOTIFY_EVENTS):
         raise SystemExit("bench/watchdog_alone.py's EVENT_FILTER no longer matches invalidatord's")
 
@@ -316,7 +326,9 @@ def report(r: dict[str, Any]) -> str:
             )
         lines.append(
             f"   daemon peak RSS {_f(su['daemon_peak_rss_mib'], ' MiB', 1)} (target 80): "
-            f"{_met(su['target']['rss_met'])}"
+            f"{_met(su['target']['rss_met'])}; of which the daemon process "
+            f"{_f(su.get('daemon_main_peak_rss_mib'), ' MiB', 1)}; PSS of both after the scan "
+            f"{_f(su.get('daemon_pss_mib'), ' MiB', 1)}"
         )
     cu = r.get("catchup")
     if cu and "error" not in cu:
