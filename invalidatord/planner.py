@@ -194,11 +194,13 @@ def collapse(files: Sequence[str], threshold: int, room: int) -> list[str]:
         chosen = [c for c in chosen if not c.startswith(best[0])] + [best[0]]
     if len(chosen) > room:
         chosen = sorted(chosen, key=lambda d: (-counts[d], d))[:room]
-    first = {}
+    first: dict[str, int] = {}
     for index, path in enumerate(files):
         for directory in chosen:
             if directory not in first and path.startswith(directory):
                 first[directory] = index
+        if len(first) == len(chosen):
+            break
     return [d + "*" for d in sorted(chosen, key=lambda d: first.get(d, 0))]
 
 
