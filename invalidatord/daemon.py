@@ -42,7 +42,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -65,13 +65,17 @@ from invalidatord.health import StatusServer, WatchedCloudFront
 from invalidatord.journal import PLANNED, Journal
 from invalidatord.mapping import Mapper, Rule
 from invalidatord.metrics import Metrics
-from invalidatord.model import Change, ChangeKind
+from invalidatord.model import Change, ChangeKind, FileStat
 from invalidatord.pipeline import DebounceSettings, Pipeline
 from invalidatord.planner import Limits
 from invalidatord.sources.filesystem import FilesystemSource
 from invalidatord.submitter import Submitter
 
 log = structlog.get_logger(__name__)
+
+#: How far a file's ctime may lag the wall clock (the kernel stamps files with a coarse
+#: clock, one tick behind at most: 10 ms at HZ=100).
+_CTIME_SLACK_NS = 50_000_000
 
 JOURNAL_NAME = "journal.sqlite"
 LOCK_NAME = "daemon.lock"
@@ -415,13 +419,34 @@ class Daemon:
         return baselines
 
     def _record_baseline(self, name: str, scanner: TreeScanner) -> None:
+        """The first start: remember the tree, invalidate nothing, except the files changed
+        since the watch began. Their changes are queued too, but an inotify overflow before
+        the scan reached them would lose those events while the baseline already holds the
+        new state, and the overflow's rescan would find nothing: so the baseline itself
+        reports them (their ctime, which nothing can set back)."""
         assert self.journal is not None
+        assert self.pipeline is not None
         started = time.monotonic()
-        count = self.journal.record_baseline(name, scanner.scan(""))
+        since = getattr(scanner, "watching_since_ns", 0)
+        # a file's timestamps come from the kernel's coarse clock, up to a tick behind
+        since = since - _CTIME_SLACK_NS if since else 0
+        recent: list[str] = []
+
+        def entries() -> Iterator[tuple[str, FileStat]]:
+            for path, st in scanner.scan(""):
+                if since and st.ctime_ns >= since:
+                    recent.append(path)
+                yield path, st
+
+        count = self.journal.record_baseline(name, entries())
+        now = time.time()
+        for path in recent:
+            self.pipeline.sink(Change(name, path, ChangeKind.CREATED, now))
         log.info(
             "baseline_recorded",
             source=name,
             files=count,
+            changed_since_watching=len(recent),
             seconds=round(time.monotonic() - started, 3),
         )
 

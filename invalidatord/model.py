@@ -48,11 +48,15 @@ class Change:
 
 @dataclass(frozen=True, slots=True)
 class FileStat:
-    """What the catch-up index remembers of one file."""
+    """What the catch-up index remembers of one file (size, mtime, inode: what equality
+    compares). `ctime_ns` comes with a listing but is neither stored nor compared: nothing
+    can set it back, so it tells a file changed since a moment even when its mtime was
+    preserved (rsync -a, cp -p); 0 = unknown."""
 
     size: int
     mtime_ns: int
     inode: int
+    ctime_ns: int = field(default=0, compare=False)
 
 
 def is_wildcard(url_path: str) -> bool:

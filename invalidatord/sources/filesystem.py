@@ -98,6 +98,8 @@ class FilesystemSource(WatchEvents):
         self.watcher_kind = ""
         #: inotify queue overflows seen since construction.
         self.overflows = 0
+        #: wall clock (ns) at which the current watch began, at the latest; 0 before.
+        self.watching_since_ns = 0
         self._sink = sink
         self._clock = clock
         try:
@@ -132,12 +134,15 @@ class FilesystemSource(WatchEvents):
                 poll_interval=self.poll_interval,
             )
             self._delivering = True
+            since = time.time_ns()
             try:
                 self.watcher_kind = watch.start()
             except BaseException:
                 self._delivering = False
                 raise
             self._watch = watch
+            spawned = getattr(watch, "spawned_ns", 0)
+            self.watching_since_ns = min(since, spawned) if spawned else since
         log.info(
             "source_started",
             source=self.name,
@@ -224,7 +229,7 @@ class FilesystemSource(WatchEvents):
                         continue
                 except OSError:
                     continue
-                yield rel, file_stat(st.st_size, st.st_mtime_ns, st.st_ino)
+                yield rel, file_stat(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
             else:
                 stack.pop()
 
@@ -277,7 +282,7 @@ class FilesystemSource(WatchEvents):
                 return None
         except (OSError, ValueError):
             return None
-        return FileStat(st.st_size, st.st_mtime_ns, st.st_ino)
+        return FileStat(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
     def is_ignored(self, path: str) -> bool:
         """Whether the file `path` (relative to the root) matches the ignore list, gitignore

@@ -485,8 +485,9 @@ def child_main(stdin: Any = None, stdout_fd: int | None = None) -> int:
     return 0
 
 
-#: Children started ahead of their source (see `prespawn`), by their settings line.
-_PRESPAWNED: dict[bytes, subprocess.Popen[bytes]] = {}
+#: Children started ahead of their source (see `prespawn`), by their settings line, with the
+#: wall clock (ns) at which each was started.
+_PRESPAWNED: dict[bytes, tuple[subprocess.Popen[bytes], int]] = {}
 
 
 def _settings_line(settings: Mapping[str, Any]) -> bytes:
@@ -532,7 +533,7 @@ def prespawn(
     key = _settings_line(settings)
     if key not in _PRESPAWNED:
         with contextlib.suppress(OSError):
-            _PRESPAWNED[key] = _spawn(key)
+            _PRESPAWNED[key] = (_spawn(key), time.time_ns())
 
 
 class WatchProcess:
@@ -553,6 +554,8 @@ class WatchProcess:
         self.root = root
         self.events = events
         self.kind = ""
+        #: when the child was started ahead of this object (`prespawn`), its wall clock (ns).
+        self.spawned_ns = 0
         self._settings = {
             "name": name,
             "root": root,
@@ -572,7 +575,7 @@ class WatchProcess:
         wait until it watches; returns "inotify" or "polling". Raises `SourceError` with the
         child's reason when it cannot."""
         key = _settings_line(self._settings)
-        proc = _PRESPAWNED.pop(key, None)
+        proc, self.spawned_ns = _PRESPAWNED.pop(key, (None, 0))
         if proc is None:
             try:
                 proc = _spawn(key)

@@ -1,0 +1,98 @@
+"""The first start's baseline invalidates nothing, except files changed since the watch
+began: an event for them could have been lost (an inotify overflow, or a change inotify does
+not report) while the baseline took their new state, and nothing would find them again."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from invalidatord.config import load_config
+from invalidatord.daemon import Daemon
+from invalidatord.emulator import CloudFrontEmulator
+from invalidatord.model import FileStat
+from tests.harness import DaemonProcess, received, write_config
+from tests.waiting import wait_for
+
+
+class ListedTree:
+    """A TreeScanner (the project's interface) listing fixed entries, watching since `since`."""
+
+    name = "docroot"
+
+    def __init__(self, since: int, entries: list[tuple[str, FileStat]]) -> None:
+        self.watching_since_ns = since
+        self._entries = entries
+
+    def scan(self, prefix: str = "") -> Iterator[tuple[str, FileStat]]:
+        return iter(self._entries)
+
+    def stat(self, path: str) -> FileStat | None:
+        return dict(self._entries).get(path)
+
+
+def test_the_baseline_reports_files_changed_since_the_watch_began(
+    tmp_path: Path, cloudfront: CloudFrontEmulator
+) -> None:
+    """A file whose ctime is after the watch began is queued as a change by the baseline
+    that records it; one changed before is only recorded."""
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "old.html").write_text("old")
+    (root / "new.html").write_text("new")
+    cfg = load_config(
+        write_config(
+            tmp_path,
+            root=root,
+            endpoint=cloudfront.endpoint_url,
+            distribution_id=cloudfront.distribution_id,
+        )
+    )
+    daemon = Daemon(cfg)
+    daemon.start()
+    try:
+        since = time.time_ns()
+        old, new = os.stat(root / "old.html"), os.stat(root / "new.html")
+        tree = ListedTree(
+            since,
+            [
+                ("new.html", FileStat(new.st_size, new.st_mtime_ns, new.st_ino, since + 1)),
+                ("old.html", FileStat(old.st_size, old.st_mtime_ns, old.st_ino, since - 10**9)),
+            ],
+        )
+        daemon._record_baseline("docroot", tree)
+        wait_for(lambda: "/new.html" in received(cloudfront), 15, what="/new.html invalidated")
+        assert "/old.html" not in received(cloudfront)
+    finally:
+        daemon.stop()
+
+
+def test_a_first_start_on_an_unchanged_tree_invalidates_nothing(
+    tmp_path: Path, cloudfront: CloudFrontEmulator
+) -> None:
+    """Files written before the daemon started (by more than the kernel clock's slack) are
+    baseline only: a first start sends nothing, then watches."""
+    root = tmp_path / "www"
+    root.mkdir()
+    for i in range(50):
+        (root / f"p{i}.html").write_text("x")
+    config = write_config(
+        tmp_path,
+        root=root,
+        endpoint=cloudfront.endpoint_url,
+        distribution_id=cloudfront.distribution_id,
+        quiet="100ms",
+    )
+    proc = DaemonProcess("run", "-c", str(config)).start()
+    try:
+        proc.wait_ready()
+        recorded = proc.wait_event("baseline_recorded")
+        assert recorded["files"] == 50
+        assert recorded["changed_since_watching"] == 0
+        (root / "later.html").write_text("x")
+        wait_for(lambda: "/later.html" in received(cloudfront), 15, what="/later.html")
+        assert received(cloudfront) == {"/later.html"}
+    finally:
+        proc.stop()
