@@ -188,6 +188,7 @@ def profile_throughput(ctx: Ctx, spy: str) -> dict[str, Any]:
             out = ctx.out / f"profile-throughput-{kind}.txt"
             try:
                 daemon.wait_ready()
+                daemon.wait_event("baseline_recorded")  # as the measured drain does
                 if daemon.log.find(lambda e: e.get("event") == "watcher_overflow"):
                     raise BenchError("the kernel queue overflowed before the profile started")
                 signal_family(daemon.proc.pid, signal.SIGSTOP)
