@@ -7,6 +7,9 @@
   SNS, EventBridge and STS (moto). About 50 ms per test once moto is imported.
 - `cloudfront_factory`: `cloudfront_factory(in_progress_seconds=..., clock=...)` makes more
   emulators like that (each with one distribution); all are stopped after the test.
+- `daemons`: a `tests.harness.Daemons`; `daemons.start(config)` starts `invalidatord run` and
+  waits until it is ready; every daemon it started is SIGKILLed after the test. (One daemon for
+  a block or a fixture: `with tests.harness.running_daemon(config) as proc:`.)
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import pytest
 
 from invalidatord.emulator import CloudFrontEmulator
+from tests.harness import Daemons
 
 #: Environment variables that could point boto3 at real credentials or endpoints.
 _AWS_LEAKS = (
@@ -79,3 +83,11 @@ def cloudfront_factory(aws_env: None) -> Iterator[EmulatorFactory]:
 def cloudfront(cloudfront_factory: EmulatorFactory) -> CloudFrontEmulator:
     """A started emulator with one distribution (`cloudfront.distribution_id`)."""
     return cloudfront_factory()
+
+
+@pytest.fixture
+def daemons() -> Iterator[Daemons]:
+    """Starts ready daemons (`daemons.start(config)`); SIGKILLs those still running afterwards."""
+    started = Daemons()
+    yield started
+    started.kill_all()

@@ -12,7 +12,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -244,6 +244,41 @@ class DaemonProcess:
         with self._lock:
             lines = [json.dumps(e) for e in self.events[-last:]] + self.other_lines[-last:]
         return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def running_daemon(config: Path, env: dict[str, str] | None = None) -> Iterator[DaemonProcess]:
+    """`invalidatord run -c CONFIG` started and ready (`wait_ready`); SIGKILLed on the way out
+    if it is still running. The one place tests start a daemon that has to come up."""
+    proc = DaemonProcess("run", "-c", str(config), env=env).start()
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.kill()
+
+
+class Daemons:
+    """The daemons a test started, for tests that start more than one (a restart, a second
+    start); `kill_all` SIGKILLs each one still running. The `daemons` fixture of conftest.py."""
+
+    def __init__(self) -> None:
+        self.started: list[DaemonProcess] = []
+
+    def add(self, proc: DaemonProcess) -> DaemonProcess:
+        """Track `proc`, a daemon the test starts its own way."""
+        self.started.append(proc)
+        return proc
+
+    def start(self, config: Path, env: dict[str, str] | None = None) -> DaemonProcess:
+        """`invalidatord run -c CONFIG`, tracked, then waited on until ready."""
+        proc = self.add(DaemonProcess("run", "-c", str(config), env=env).start())
+        proc.wait_ready()
+        return proc
+
+    def kill_all(self) -> None:
+        for proc in self.started:
+            proc.kill()
 
 
 def _children(pid: int) -> list[int]:

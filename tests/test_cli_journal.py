@@ -14,7 +14,7 @@ import pytest
 
 from invalidatord.emulator import CREATE, CloudFrontEmulator
 from tests.conftest import EmulatorFactory
-from tests.harness import DaemonProcess, aws_test_env, received, write_config
+from tests.harness import DaemonProcess, aws_test_env, received, running_daemon, write_config
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -48,12 +48,8 @@ def config(tmp_path: Path, cloudfront: CloudFrontEmulator) -> Path:
 
 @pytest.fixture
 def running(config: Path) -> Iterator[DaemonProcess]:
-    proc = DaemonProcess("run", "-c", str(config)).start()
-    try:
-        proc.wait_ready()
+    with running_daemon(config) as proc:
         yield proc
-    finally:
-        proc.kill()
 
 
 def status_table(stdout: str) -> dict[str, list[str]]:
@@ -99,9 +95,7 @@ def test_invalidate_wait_with_a_daemon_running_shows_progress_until_completed(
     CloudFront complete the invalidation."""
     cloudfront = cloudfront_factory(in_progress_seconds=1.5)
     config = make_config(tmp_path, cloudfront)
-    proc = DaemonProcess("run", "-c", str(config)).start()
-    try:
-        proc.wait_ready()
+    with running_daemon(config):
         result = cli("invalidate", "-c", str(config), "--wait", "/w.html")
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
@@ -110,8 +104,6 @@ def test_invalidate_wait_with_a_daemon_running_shows_progress_until_completed(
         [made] = cloudfront.invalidations(cloudfront.distribution_id)
         assert lines[-1] == f"www {made.id} Completed"
         assert made.completed
-    finally:
-        proc.kill()
 
 
 # ---- without a daemon ----------------------------------------------------------------------

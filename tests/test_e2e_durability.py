@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 from invalidatord.emulator import CREATE, CloudFrontEmulator
 from invalidatord.journal import PLANNED, REJECTED, Journal
 from tests.conftest import EmulatorFactory
-from tests.harness import DaemonProcess, barrier, make_site, received, write_config
+from tests.harness import DaemonProcess, Daemons, barrier, make_site, received, write_config
 from tests.waiting import wait_for
 
 SITE = {
@@ -31,30 +30,12 @@ SITE = {
     "keep/untouched.html": "never changes",
 }
 
-#: The daemons a test started; each is SIGKILLed after the test if it is still running.
-Daemons = list[DaemonProcess]
-
 
 @pytest.fixture
 def docroot(tmp_path: Path) -> Path:
     root = tmp_path / "www"
     make_site(root, SITE)
     return root
-
-
-@pytest.fixture
-def daemons() -> Iterator[Daemons]:
-    started: Daemons = []
-    yield started
-    for proc in started:
-        proc.kill()
-
-
-def start_daemon(daemons: Daemons, config: Path) -> DaemonProcess:
-    proc = DaemonProcess("run", "-c", str(config)).start()
-    daemons.append(proc)
-    proc.wait_ready()
-    return proc
 
 
 def config_for(
@@ -104,7 +85,7 @@ def test_sigkill_inside_the_debounce_window_loses_nothing(
     """Changes still debouncing when the daemon is SIGKILLed are found by the catch-up scan of
     the next start: every changed path is invalidated, and nothing else."""
     config = config_for(tmp_path, docroot, cloudfront, quiet="30s", max_delay="60s")
-    first = start_daemon(daemons, config)
+    first = daemons.start(config)
     first.wait_event("baseline_recorded")
     expected = change_site(docroot)
     wait_for(
@@ -116,7 +97,7 @@ def test_sigkill_inside_the_debounce_window_loses_nothing(
     assert received(cloudfront) == set()
 
     config = config_for(tmp_path, docroot, cloudfront, quiet="300ms", max_delay="5s")
-    second = start_daemon(daemons, config)
+    second = daemons.start(config)
     barrier(cloudfront, docroot)
     assert received(cloudfront) == expected | {"/zz-sentinel.txt"}
     second.wait_event("rescan_done", lambda e: e["prefix"] == "", timeout=10)
@@ -137,7 +118,7 @@ def test_sigkill_after_an_unacknowledged_create_does_not_bill_twice(
     while backing off: the restart resubmits the batch with the same CallerReference and
     CloudFront holds exactly one invalidation for it."""
     config = config_for(tmp_path, docroot, cloudfront)
-    first = start_daemon(daemons, config)
+    first = daemons.start(config)
     cloudfront.inject(fault, after=True)
     (docroot / "a.html").write_text("a")
     (docroot / "b.html").write_text("b")
@@ -155,7 +136,7 @@ def test_sigkill_after_an_unacknowledged_create_does_not_bill_twice(
     assert planned.invalidation_id is None  # the daemon never learnt it
 
     cloudfront.clear_faults()
-    second = start_daemon(daemons, config)
+    second = daemons.start(config)
     submitted = second.wait_event("batch_submitted")
     assert submitted["caller_reference"] == made.caller_reference
     assert submitted["invalidation_id"] == made.id
@@ -184,7 +165,7 @@ def test_sigterm_during_an_outage_keeps_the_work_for_the_next_start(
         cloudfront,
         extra={"shutdown_timeout": "2s", "invalidation": {"max_backoff": "1s"}},
     )
-    first = start_daemon(daemons, config)
+    first = daemons.start(config)
     cloudfront.inject("ServiceUnavailable")
     (docroot / "a.html").write_text("a")
     (docroot / "b.html").write_text("b")
@@ -196,7 +177,7 @@ def test_sigterm_during_an_outage_keeps_the_work_for_the_next_start(
     assert received(cloudfront) == set()
 
     cloudfront.clear_faults()
-    second = start_daemon(daemons, config)
+    second = daemons.start(config)
     barrier(cloudfront, docroot)
     assert received(cloudfront) == {"/a.html", "/b.html", "/zz-sentinel.txt"}
     assert len(cloudfront.invalidations(cloudfront.distribution_id)) == 2
@@ -221,7 +202,7 @@ def test_pending_paths_survive_sigkill_while_others_fill_the_limit(
     config = config_for(
         tmp_path, docroot, cloudfront, extra={"invalidation": {"reconcile_interval": "1s"}}
     )
-    first = start_daemon(daemons, config)
+    first = daemons.start(config)
     first.wait_event("external_in_flight", lambda e: e["files"] == 2950)
     (docroot / "a.html").write_text("a")
     (docroot / "b.html").write_text("b")
@@ -234,7 +215,7 @@ def test_pending_paths_survive_sigkill_while_others_fill_the_limit(
         journal.close()
     assert len(creates(cloudfront)) == 1  # only the one made by hand
 
-    second = start_daemon(daemons, config)
+    second = daemons.start(config)
     cloudfront.hold(False)
     cloudfront.complete_all()
     barrier(cloudfront, docroot)
@@ -255,7 +236,7 @@ def test_changes_made_while_stopped_are_invalidated_on_start(
     """Stopped with SIGTERM, the tree changes (files created, modified, deleted, renamed, a
     directory removed): the next start invalidates exactly those, unchanged files are not."""
     config = config_for(tmp_path, docroot, cloudfront)
-    first = start_daemon(daemons, config)
+    first = daemons.start(config)
     first.wait_event("baseline_recorded")
     assert first.stop(signal.SIGTERM) == 0, first.transcript()
 
@@ -264,7 +245,7 @@ def test_changes_made_while_stopped_are_invalidated_on_start(
     (docroot / "css").rmdir()
     expected.add("/css/site.css")
 
-    second = start_daemon(daemons, config)
+    second = daemons.start(config)
     barrier(cloudfront, docroot)
     assert received(cloudfront) == expected | {"/zz-sentinel.txt"}
     assert not second.find("baseline_recorded")
@@ -297,8 +278,7 @@ def test_inotify_overflow_loses_no_change(
         (docroot / f"burst/d{d:02}").mkdir(parents=True)
     config = config_for(tmp_path, docroot, cloudfront)
     original = MAX_QUEUED.read_text().strip()
-    proc = DaemonProcess("run", "-c", str(config))
-    daemons.append(proc)
+    proc = daemons.add(DaemonProcess("run", "-c", str(config)))
     try:
         MAX_QUEUED.write_text("64")
         proc.start()
@@ -350,7 +330,7 @@ def _storm(
         cloudfront,
         extra={"invalidation": {"max_backoff": "2s"}},
     )
-    proc = start_daemon(daemons, config)
+    proc = daemons.start(config)
     started = time.monotonic()
     cloudfront.inject("TooManyInvalidationsInProgress", times=4)
     # one of each for certain (the seeded rates below depend on how many requests timing makes)
@@ -433,7 +413,7 @@ def test_one_refused_path_of_500_is_set_aside_and_the_rest_sent(
     """InvalidArgument on one path of a 500-path batch: the other 499 reach CloudFront, the one
     is logged (`path_rejected`, naming the file) and the daemon keeps running."""
     config = config_for(tmp_path, docroot, cloudfront)
-    proc = start_daemon(daemons, config)
+    proc = daemons.start(config)
     cloudfront.reject_path("/batch/p321.html")
     folder = docroot / "batch"
     folder.mkdir()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from invalidatord.emulator import CloudFrontEmulator
-from tests.harness import DaemonProcess, barrier, make_site, received, write_config
+from tests.harness import DaemonProcess, barrier, make_site, received, running_daemon, write_config
 from tests.waiting import wait_for
 
 
@@ -48,12 +48,8 @@ def daemon(
         endpoint=cloudfront.endpoint_url,
         distribution_id=cloudfront.distribution_id,
     )
-    proc = DaemonProcess("run", "-c", str(config)).start()
-    try:
-        proc.wait_ready()
+    with running_daemon(config) as proc:
         yield proc
-    finally:
-        proc.kill()
 
 
 def test_first_start_records_a_baseline_and_invalidates_nothing(
@@ -176,14 +172,10 @@ def test_git_checkout_of_another_branch(tmp_path: Path, cloudfront: CloudFrontEm
         endpoint=cloudfront.endpoint_url,
         distribution_id=cloudfront.distribution_id,
     )
-    proc = DaemonProcess("run", "-c", str(config)).start()
-    try:
-        proc.wait_ready()
+    with running_daemon(config):
         git("checkout", "-q", "other")
         barrier(cloudfront, root)
         assert received(cloudfront) == {"/a.html", "/b.html", "/c.html", "/zz-sentinel.txt"}
-    finally:
-        proc.kill()
 
 
 def test_a_burst_of_5000_files_is_a_handful_of_requests(
@@ -217,9 +209,7 @@ def test_a_deploy_of_5000_files_collapses_into_one_wildcard(
         quiet="1s",
         extra={"invalidation": {"collapse_threshold": 100}},
     )
-    proc = DaemonProcess("run", "-c", str(config)).start()
-    try:
-        proc.wait_ready()
+    with running_daemon(config):
         for d in range(50):
             folder = docroot / f"deploy/d{d:02}"
             folder.mkdir(parents=True)
@@ -231,5 +221,3 @@ def test_a_deploy_of_5000_files_collapses_into_one_wildcard(
             r for r in cloudfront.requests if r.op == "CreateInvalidation" and r.status == 201
         ]
         assert len(creates) <= 2  # the burst, and the sentinel unless it joined the burst
-    finally:
-        proc.kill()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,14 +16,11 @@ import pytest
 from botocore.config import Config
 
 from invalidatord.emulator import CloudFrontEmulator
-from tests.harness import DaemonProcess, write_config
+from tests.harness import DaemonProcess, Daemons, write_config
 from tests.waiting import wait_for
 
 BUCKET = "site-bucket"
 DATA = Path(__file__).parent / "data" / "s3events"
-
-#: The daemons a test started; each is SIGKILLed after the test if it is still running.
-Daemons = list[DaemonProcess]
 
 
 @dataclass
@@ -84,16 +80,7 @@ def aws(cloudfront: CloudFrontEmulator) -> Aws:
     return Aws(client("s3"), sqs, client("sns"), client("events"), url, arn)
 
 
-@pytest.fixture
-def daemons() -> Iterator[Daemons]:
-    started: Daemons = []
-    yield started
-    for proc in started:
-        proc.kill()
-
-
-def start_daemon(
-    daemons: Daemons,
+def sqs_config(
     tmp_path: Path,
     cloudfront: CloudFrontEmulator,
     aws: Aws,
@@ -101,8 +88,9 @@ def start_daemon(
     quiet: str = "300ms",
     max_delay: str = "2s",
     **source: Any,
-) -> DaemonProcess:
-    config = write_config(
+) -> Path:
+    """A config with one `type: sqs` source on the test's queue (`source` adds to it)."""
+    return write_config(
         tmp_path,
         root=tmp_path,
         endpoint=cloudfront.endpoint_url,
@@ -122,10 +110,6 @@ def start_daemon(
             ]
         },
     )
-    proc = DaemonProcess("run", "-c", str(config)).start()
-    daemons.append(proc)
-    proc.wait_ready()
-    return proc
 
 
 def received(cloudfront: CloudFrontEmulator) -> list[str]:
@@ -166,7 +150,7 @@ def test_direct_notifications_with_awkward_keys_give_exact_paths(
     aws.s3.create_bucket(Bucket=BUCKET)
     aws.s3.put_object(Bucket=BUCKET, Key="old page.html", Body=b"old")  # before the wiring
     aws.notify_queue(BUCKET)
-    daemon = start_daemon(daemons, tmp_path, cloudfront, aws, bucket=BUCKET)
+    daemon = daemons.start(sqs_config(tmp_path, cloudfront, aws, bucket=BUCKET))
 
     for key in (
         "docs/red flower.jpg",
@@ -226,7 +210,7 @@ def test_sns_and_eventbridge_routes_give_the_same_paths(
         ),
     )
     aws.events.put_targets(Rule="s3-objects", Targets=[{"Id": "queue", "Arn": aws.queue_arn}])
-    daemon = start_daemon(daemons, tmp_path, cloudfront, aws)
+    daemon = daemons.start(sqs_config(tmp_path, cloudfront, aws))
 
     aws.s3.put_object(Bucket="via-sns", Key="sns/hello world+1.html", Body=b"1")
     aws.s3.delete_object(Bucket="via-sns", Key="sns/hello world+1.html")
@@ -261,7 +245,7 @@ def test_bad_messages_are_survived_and_left_in_the_queue(
             (DATA / "malformed-unknown-shape.json").read_text(encoding="utf-8"),
         )
     }
-    daemon = start_daemon(daemons, tmp_path, cloudfront, aws)
+    daemon = daemons.start(sqs_config(tmp_path, cloudfront, aws))
     aws.s3.put_object(Bucket=BUCKET, Key="good one.html", Body=b"1")
 
     wait_paths(cloudfront, daemon, {"/good%20one.html"})
@@ -296,7 +280,7 @@ def test_sigkill_after_receiving_before_committing_redelivers_and_invalidates(
     daemon, which invalidates it."""
     aws.s3.create_bucket(Bucket=BUCKET)
     aws.notify_queue(BUCKET)
-    first = start_daemon(daemons, tmp_path, cloudfront, aws, quiet="60s", max_delay="120s")
+    first = daemons.start(sqs_config(tmp_path, cloudfront, aws, quiet="60s", max_delay="120s"))
     aws.s3.put_object(Bucket=BUCKET, Key="news/today.html", Body=b"1")
     wait_for(
         lambda: first.metric("invalidatord_changes_total", source="assets", kind="created") >= 1,
@@ -307,7 +291,7 @@ def test_sigkill_after_receiving_before_committing_redelivers_and_invalidates(
     assert received(cloudfront) == []
     assert aws.counts() == (0, 1)  # held by the dead daemon until its timeout runs out
 
-    second = start_daemon(daemons, tmp_path, cloudfront, aws)
+    second = daemons.start(sqs_config(tmp_path, cloudfront, aws))
     wait_paths(cloudfront, second, {"/news/today.html"})
     wait_for(lambda: aws.counts() == (0, 0), 15, what="the message deleted after the commit")
     assert received(cloudfront) == ["/news/today.html"]
@@ -336,10 +320,7 @@ def test_s3_poll_source_baselines_polls_and_survives_stops_and_a_sigkill(
             max_delay="120s",
             extra={"sources": [{**source, "interval": "300ms"}]},
         )
-        proc = DaemonProcess("run", "-c", str(config)).start()
-        daemons.append(proc)
-        proc.wait_ready()
-        return proc
+        return daemons.start(config)
 
     daemon = start()
     daemon.wait_event("s3_baseline_recorded", lambda e: e["objects"] == 2)

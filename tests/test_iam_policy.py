@@ -38,7 +38,7 @@ import pytest
 from botocore.config import Config as BotoConfig
 
 from invalidatord.emulator import CloudFrontEmulator
-from tests.harness import DaemonProcess, aws_test_env, write_config
+from tests.harness import aws_test_env, running_daemon, write_config
 from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -353,9 +353,7 @@ def test_a_full_run_calls_exactly_what_the_policy_grants(
         "AWS_ACCESS_KEY_ID": BASE_KEY,
         "AWS_SECRET_ACCESS_KEY": "iamtest/base/secret/0000000000000000000000",
     }
-    proc = DaemonProcess("run", "-c", str(config), env=env).start()
-    try:
-        proc.wait_ready()
+    with running_daemon(config, env=env) as proc:
         (root / "page.html").write_text("page")
         s3.put_object(Bucket="example-uploads", Key="img/new.png", Body=b"png")
         s3.put_object(Bucket=POLLED_BUCKET, Key="site/new.html", Body=b"new")
@@ -367,8 +365,6 @@ def test_a_full_run_calls_exactly_what_the_policy_grants(
         )
         wait_for(lambda: len(proc.find("invalidation_completed")) >= 1, 20, what="a status poll")
         assert proc.stop(signal.SIGTERM) == 0, proc.transcript()
-    finally:
-        proc.kill()
 
     calls = [c for c in proxy.calls if c.access_key != "testing"]
     base = [c for c in calls if c.access_key == BASE_KEY]

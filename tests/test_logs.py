@@ -29,7 +29,7 @@ import structlog
 
 from invalidatord import logs
 from invalidatord.emulator import CloudFrontEmulator
-from tests.harness import DaemonProcess, aws_test_env, write_config
+from tests.harness import DaemonProcess, aws_test_env, running_daemon, write_config
 from tests.waiting import wait_for
 
 _B64 = string.ascii_letters + string.digits + "/+"
@@ -89,16 +89,12 @@ def test_each_submitted_invalidation_is_one_line_with_its_facts(
             {"match": "**", "urls": ["/{path}"]},
         ],
     )
-    proc = DaemonProcess("run", "-c", str(config)).start()
-    try:
-        proc.wait_ready()
+    with running_daemon(config) as proc:
         changed = time.time()
         (docroot / "a.html").write_text("a2")
         (docroot / "sub" / "index.html").write_text("sub2")
         event = proc.wait_event("batch_submitted")
         assert proc.stop() == 0
-    finally:
-        proc.kill()
     created = [r for r in cloudfront.requests if r.op == "CreateInvalidation" and r.status == 201]
     assert len(created) == 1
     assert len(proc.find("batch_submitted")) == 1
@@ -140,17 +136,13 @@ def test_no_credential_reaches_any_log_line(
         distribution_id=cloudfront.distribution_id,
         extra={"log": {"level": "debug"}, "invalidation": {"max_backoff": "1s"}},
     )
-    proc = DaemonProcess("run", "-c", str(config), env=env).start()
-    try:
-        proc.wait_ready()
+    with running_daemon(config, env=env) as proc:
         (docroot / "a.html").write_text("a2")
         refused = proc.wait_event("cloudfront_access_problem")
         proc.wait_event("batch_submitted")
         proc.wait_event("status_poll_failed")
         proc.wait_event("invalidation_completed")
         assert proc.stop() == 0
-    finally:
-        proc.kill()
     assert "[redacted]" in refused["error"]  # the quoting message was logged, masked
     assert proc.find("cloudfront_call", lambda e: e["level"] == "debug")  # debug was on
     lines = all_lines(proc)

@@ -28,7 +28,7 @@ from invalidatord.daemon import Daemon
 from invalidatord.emulator import CloudFrontEmulator
 from invalidatord.metrics import FAMILIES
 from invalidatord.sources.filesystem import OVERFLOW_LOGGER, OVERFLOW_MESSAGE
-from tests.harness import DaemonProcess, aws_test_env, received, write_config
+from tests.harness import DaemonProcess, aws_test_env, received, running_daemon, write_config
 from tests.waiting import wait_for
 
 #: Probe CloudFront every second (the probe runs at most every reconcile_interval).
@@ -56,12 +56,8 @@ def started(
         distribution_id=cloudfront.distribution_id,
         extra=FAST_PROBE,
     )
-    proc = DaemonProcess("run", "-c", str(config)).start()
-    try:
-        proc.wait_ready()
+    with running_daemon(config) as proc:
         yield proc
-    finally:
-        proc.kill()
 
 
 def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
@@ -180,23 +176,15 @@ def test_a_start_up_catch_up_is_a_rescan_not_an_overflow(
         endpoint=cloudfront.endpoint_url,
         distribution_id=cloudfront.distribution_id,
     )
-    first = DaemonProcess("run", "-c", str(config)).start()
-    try:
-        first.wait_ready()
+    with running_daemon(config) as first:
         first.wait_event("baseline_recorded")
         assert first.stop() == 0
-    finally:
-        first.kill()
     (docroot / "index.html").write_text("home v2")  # changed while no daemon watched
-    second = DaemonProcess("run", "-c", str(config)).start()
-    try:
-        second.wait_ready()
+    with running_daemon(config) as second:
         wait_for(lambda: "/index.html" in received(cloudfront), 20, what="the catch-up")
         text = second.get("/metrics")
         assert value(text, "invalidatord_rescans_total", source="docroot", reason="tree") == 1
         assert value(text, "invalidatord_watcher_overflows_total", source="docroot") == 0
-    finally:
-        second.kill()
 
 
 def test_an_inotify_overflow_is_counted_from_the_source(

@@ -28,7 +28,7 @@ import yaml
 
 from invalidatord.emulator import CloudFrontEmulator
 from invalidatord.metrics import FAMILIES
-from tests.harness import DaemonProcess, write_config
+from tests.harness import DaemonProcess, running_daemon, write_config
 from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -346,9 +346,7 @@ def daemon(tmp_path: Path, cloudfront: CloudFrontEmulator) -> Iterator[DaemonPro
         endpoint=cloudfront.endpoint_url,
         distribution_id=cloudfront.distribution_id,
     )
-    proc = DaemonProcess("run", "-c", str(config)).start()
-    try:
-        proc.wait_ready()
+    with running_daemon(config) as proc:
         (root / "page.html").write_text("page")
         wait_for(
             lambda: "/page.html" in cloudfront.created_paths(cloudfront.distribution_id),
@@ -356,8 +354,6 @@ def daemon(tmp_path: Path, cloudfront: CloudFrontEmulator) -> Iterator[DaemonPro
             what="a submission",
         )
         yield proc
-    finally:
-        proc.kill()
 
 
 def test_a_real_prometheus_scrapes_the_daemon_and_evaluates_the_dashboard_and_alerts(

@@ -8,6 +8,7 @@ with the lines `invalidatord check` prints and the old one keeps running.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import subprocess
@@ -23,7 +24,7 @@ import yaml
 
 from invalidatord.emulator import CloudFrontEmulator
 from invalidatord.journal import PLANNED, Journal
-from tests.harness import DaemonProcess, aws_test_env, write_config
+from tests.harness import DaemonProcess, aws_test_env, running_daemon, write_config
 from tests.test_metrics_health import NotifySocket, systemd_env
 from tests.waiting import wait_for
 
@@ -75,9 +76,7 @@ def test_stop_signals_flush_what_is_debouncing_and_exit_0(
         quiet="30s",
         max_delay="60s",
     )
-    proc = DaemonProcess("run", "-c", str(config)).start()
-    try:
-        proc.wait_ready()
+    with running_daemon(config) as proc:
         (docroot / "late.html").write_text("late")
         wait_for(
             lambda: 'kind="created",source="docroot"} 1.0' in proc.get("/metrics"),
@@ -87,8 +86,6 @@ def test_stop_signals_flush_what_is_debouncing_and_exit_0(
         assert received(cloudfront) == []
         code, _ = stop_timed(proc, sig)
         assert code == 0, proc.transcript()
-    finally:
-        proc.kill()
     assert received(cloudfront) == ["/late.html"]
     order = [
         e["event"]
@@ -114,16 +111,12 @@ def test_what_cloudfront_refuses_stays_journaled_and_the_next_start_sends_it(
         extra={"shutdown_timeout": "2s"},
     )
     cloudfront.inject("ServiceUnavailable", operation="CreateInvalidation")
-    proc = DaemonProcess("run", "-c", str(config)).start()
-    try:
-        proc.wait_ready()
+    with running_daemon(config) as proc:
         (docroot / "kept.html").write_text("kept")
         proc.wait_event("cloudfront_error")
         code, took = stop_timed(proc)
         assert code == 0, proc.transcript()
         assert took < 2 + EXIT_MARGIN, took
-    finally:
-        proc.kill()
     stopped = proc.find("daemon_stopped")[-1]
     assert stopped["drained"] is False
     assert stopped["pending_kept"] == 1
@@ -131,12 +124,8 @@ def test_what_cloudfront_refuses_stays_journaled_and_the_next_start_sends_it(
     assert received(cloudfront) == []
 
     cloudfront.clear_faults()
-    again = DaemonProcess("run", "-c", str(config)).start()
-    try:
-        again.wait_ready()
+    with running_daemon(config):
         wait_for(lambda: received(cloudfront) == ["/kept.html"], 20, what="the resubmission")
-    finally:
-        again.kill()
 
 
 class LossyProxy:
@@ -205,9 +194,7 @@ def test_a_lost_answer_cannot_hold_the_exit_and_the_resubmission_is_not_a_second
         distribution_id=cloudfront.distribution_id,
         extra={"shutdown_timeout": "2s"},
     )
-    proc = DaemonProcess("run", "-c", str(config)).start()
-    try:
-        proc.wait_ready()
+    with running_daemon(config) as proc:
         proxy.swallow = True
         (docroot / "once.html").write_text("once")
         wait_for(lambda: received(cloudfront) == ["/once.html"], 20, what="the creation")
@@ -215,18 +202,12 @@ def test_a_lost_answer_cannot_hold_the_exit_and_the_resubmission_is_not_a_second
         code, took = stop_timed(proc)
         assert code == 0, proc.transcript()
         assert took < 2 + EXIT_MARGIN, took
-    finally:
-        proc.kill()
     assert proc.find("drain_abandoned")
     assert journaled(tmp_path / "state") == {"/once.html"}
 
     proxy.swallow = False
-    again = DaemonProcess("run", "-c", str(config)).start()
-    try:
-        again.wait_ready()
+    with running_daemon(config) as again:
         submitted = again.wait_event("batch_submitted")
-    finally:
-        again.kill()
     creations = [r for r in cloudfront.requests if r.op == "CreateInvalidation" and r.status == 201]
     assert len(creations) == 2  # the lost one and the resubmission...
     assert {r.invalidation_id for r in creations} == {submitted["invalidation_id"]}  # ...one id
@@ -255,13 +236,8 @@ def running(
         distribution_id=cloudfront.distribution_id,
         rules=[{"match": "**", "urls": ["/{path}"]}],
     )
-    proc = DaemonProcess("run", "-c", str(config), env=systemd_env(notify)).start()
-    try:
-        proc.wait_ready()
+    with contextlib.closing(notify), running_daemon(config, env=systemd_env(notify)) as proc:
         yield proc, config, notify
-    finally:
-        proc.kill()
-        notify.close()
 
 
 def test_sighup_with_a_valid_config_changes_the_urls_of_the_next_change(
