@@ -4,6 +4,7 @@ source does when the process dies (a new one, and a rescan of everything)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -18,7 +19,14 @@ from invalidatord.config import FilesystemSourceConfig, load_config
 from invalidatord.errors import SourceError
 from invalidatord.model import ChangeKind
 from invalidatord.sources.filesystem import FilesystemSource, prespawn_watchers
-from invalidatord.sources.watcher import WatchEvents, WatchProcess
+from invalidatord.sources.watcher import (
+    OVERFLOW_LOGGER,
+    OVERFLOW_MESSAGE,
+    WatchEvents,
+    WatchProcess,
+    _ForwardLogs,
+    _PipeWriter,
+)
 from tests.harness import write_config
 from tests.test_filesystem_source import Collector
 from tests.waiting import wait_for
@@ -197,3 +205,32 @@ def test_a_prespawned_watcher_is_adopted_by_its_source(tmp_path: Path) -> None:
         sink.wait("page.html", K.MODIFIED)
     finally:
         source.stop()
+
+
+def test_watchdog_warnings_travel_as_log_events_not_stderr_text() -> None:
+    """In the child, a WARNING from any watchdog logger becomes an L record (a
+    `watchdog_warning` event for the daemon's log); the overflow warning does not (it has a
+    record of its own), nor do INFO records."""
+    read_end, write_end = os.pipe()
+    pipe = _PipeWriter(write_end)
+    handler = _ForwardLogs(pipe)
+    logger = logging.getLogger("watchdog.observers.inotify_buffer")
+    logger.addHandler(handler)
+    try:
+        logger.info("not forwarded")
+        logger.warning("something odd: %s", "details")
+        logging.getLogger(OVERFLOW_LOGGER).warning(OVERFLOW_MESSAGE)
+    finally:
+        logger.removeHandler(handler)
+        pipe.close()
+        os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        frames = _frames(f.read())
+    assert [json.loads(f[1:]) for f in frames if f.startswith(b"L")] == [
+        {
+            "event": "watchdog_warning",
+            "logger": "watchdog.observers.inotify_buffer",
+            "message": "something odd: details",
+        }
+    ]
+    assert len(frames) == 1

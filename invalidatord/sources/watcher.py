@@ -440,6 +440,21 @@ class _PipeWriter(WatchEvents):
                 return
 
 
+class _ForwardLogs(logging.Handler):
+    """In the child: watchdog's WARNING and above, as `watchdog_warning` log events for the
+    parent (the overflow has a record type of its own)."""
+
+    def __init__(self, pipe: _PipeWriter) -> None:
+        super().__init__(level=logging.WARNING)
+        self._pipe = pipe
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith(OVERFLOW_MESSAGE):
+            return
+        self._pipe.report("watchdog_warning", {"logger": record.name, "message": message[:500]})
+
+
 def child_main(stdin: Any = None, stdout_fd: int | None = None) -> int:
     """`python -m invalidatord.sources.watcher`: one JSON line of settings on stdin (name,
     root, ignore, watcher, poll_interval), then watch until stdin closes."""
@@ -450,6 +465,8 @@ def child_main(stdin: Any = None, stdout_fd: int | None = None) -> int:
     # Nothing else may write to the record stream.
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     pipe = _PipeWriter(out)
+    # watchdog's own warnings reach the daemon's log as events, not as plain text on stderr
+    logging.getLogger("watchdog").addHandler(_ForwardLogs(pipe))
     try:
         settings = json.loads(stdin.readline())
         watch = Watch(
