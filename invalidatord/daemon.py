@@ -75,7 +75,7 @@ log = structlog.get_logger(__name__)
 
 #: How far a file's ctime may lag the wall clock (the kernel stamps files with a coarse
 #: clock, one tick behind at most: 10 ms at HZ=100).
-_CTIME_SLACK_NS = 50_000_000
+_CTIME_SLACK_NS = 20_000_000
 
 JOURNAL_NAME = "journal.sqlite"
 LOCK_NAME = "daemon.lock"
