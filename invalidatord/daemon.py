@@ -390,18 +390,23 @@ class Daemon:
         self.pipeline.sink(change)
 
     def _count_overflows(self) -> None:
-        """Add each filesystem source's new overflows (its own count) to the counter. A RESCAN
-        of the whole tree is not an overflow by itself: start-up catch-up and the periodic
-        safety net send one too."""
+        """Add each filesystem source's new overflows and watcher restarts (its own counts)
+        to the counters. A RESCAN of the whole tree is not an overflow by itself: start-up
+        catch-up and the periodic safety net send one too."""
         with self._overflow_lock:
             for name, source in self.sources.items():
-                count = getattr(source, "overflows", None)
-                if not isinstance(count, int):
-                    continue
-                new = count - self._overflows_seen.get(name, 0)
-                if new > 0:
-                    self.metrics.overflows.labels(name).inc(new)
-                    self._overflows_seen[name] = count
+                for attribute, counter in (
+                    ("overflows", self.metrics.overflows),
+                    ("watcher_restarts", self.metrics.watcher_restarts),
+                ):
+                    count = getattr(source, attribute, None)
+                    if not isinstance(count, int):
+                        continue
+                    key = f"{attribute}:{name}"
+                    new = count - self._overflows_seen.get(key, 0)
+                    if new > 0:
+                        counter.labels(name).inc(new)
+                        self._overflows_seen[key] = count
 
     def _catch_up(self) -> list[Callable[[], None]]:
         """Queue each filesystem source's start-up work; returns the first-start baselines,

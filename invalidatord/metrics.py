@@ -51,6 +51,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "invalidatord_paths_billed_this_month": (),
     "invalidatord_estimated_cost_this_month_usd": (),
     "invalidatord_watcher_overflows_total": ("source",),
+    "invalidatord_watcher_restarts_total": ("source",),
     "invalidatord_rescans_total": ("source", "reason"),
     "invalidatord_last_submission_timestamp_seconds": ("distribution",),
     "invalidatord_source_healthy": ("source",),
@@ -142,6 +143,12 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.watcher_restarts = Counter(
+            p + "watcher_restarts",
+            "Watcher processes that ended unasked and were replaced (each followed by a rescan)",
+            ["source"],
+            registry=r,
+        )
         self.rescans = Counter(
             p + "rescans", "Tree rescans run (tree = whole root)", ["source", "reason"], registry=r
         )
@@ -180,6 +187,7 @@ class Metrics:
             self.source_healthy.labels(source)
         for source in tree_sources:
             self.overflows.labels(source)
+            self.watcher_restarts.labels(source)
             for reason in RESCAN_REASONS:
                 self.rescans.labels(source, reason)
         for name in distributions:

@@ -176,6 +176,8 @@ def test_alert_rules_fire_when_they_should_and_only_then(tmp_path: Path) -> None
                 series("invalidatord_paths_rejected_total", "0x30", **b, **assets),
                 series("invalidatord_watcher_overflows_total", "0 0 0 0 1x30", **b, source="www"),
                 series("invalidatord_watcher_overflows_total", "0x30", **b, source="quiet"),
+                series("invalidatord_watcher_restarts_total", "0 0 1x30", **b, source="www"),
+                series("invalidatord_watcher_restarts_total", "0x30", **b, source="quiet"),
                 series("invalidatord_source_healthy", "1 0x30", **b, source="www"),
                 series("invalidatord_source_healthy", "1x30", **b, source="quiet"),
             ],
@@ -220,6 +222,14 @@ def test_alert_rules_fire_when_they_should_and_only_then(tmp_path: Path) -> None
                     "eval_time": "10m",
                     "alertname": "InvalidatordWatcherOverflow",
                     "exp_alerts": [_expected("InvalidatordWatcherOverflow", b | {"source": "www"})],
+                },
+                {"eval_time": "1m", "alertname": "InvalidatordWatcherRestarted", "exp_alerts": []},
+                {
+                    "eval_time": "10m",
+                    "alertname": "InvalidatordWatcherRestarted",
+                    "exp_alerts": [
+                        _expected("InvalidatordWatcherRestarted", b | {"source": "www"})
+                    ],
                 },
                 {"eval_time": "5m", "alertname": "InvalidatordSourceNotWatching", "exp_alerts": []},
                 {

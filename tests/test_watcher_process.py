@@ -16,6 +16,7 @@ import pytest
 import structlog
 
 from invalidatord.config import FilesystemSourceConfig, load_config
+from invalidatord.emulator import CloudFrontEmulator
 from invalidatord.errors import SourceError
 from invalidatord.model import ChangeKind
 from invalidatord.sources.filesystem import FilesystemSource, prespawn_watchers
@@ -27,7 +28,7 @@ from invalidatord.sources.watcher import (
     _ForwardLogs,
     _PipeWriter,
 )
-from tests.harness import write_config
+from tests.harness import emulator_config, received, running_daemon, write_config
 from tests.test_filesystem_source import Collector
 from tests.waiting import wait_for
 
@@ -171,8 +172,9 @@ def test_start_raises_the_childs_reason(tmp_path: Path) -> None:
     assert watch.pid is None
 
 
-def _children() -> set[int]:
-    pid = os.getpid()
+def _children(pid: int | None = None) -> set[int]:
+    """The child processes of `pid` (this process by default), from /proc."""
+    pid = pid or os.getpid()
     kids: set[int] = set()
     for tid in os.listdir(f"/proc/{pid}/task"):
         with open(f"/proc/{pid}/task/{tid}/children") as f:
@@ -234,3 +236,39 @@ def test_watchdog_warnings_travel_as_log_events_not_stderr_text() -> None:
         }
     ]
     assert len(frames) == 1
+
+
+def test_a_daemon_counts_a_replaced_watcher_and_keeps_invalidating(
+    tmp_path: Path, cloudfront: CloudFrontEmulator
+) -> None:
+    """SIGKILL of a running daemon's watcher process: invalidatord_watcher_restarts_total
+    counts it, /healthz is 200 again once the replacement watches, and a file changed while
+    no watcher ran is invalidated (the rescan), as is one changed afterwards."""
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "index.html").write_text("home")
+    config = emulator_config(
+        tmp_path,
+        root,
+        cloudfront,
+        quiet="100ms",
+    )
+    with running_daemon(config) as proc:
+        assert proc.proc is not None
+        [watcher] = _children(proc.proc.pid)
+        os.kill(watcher, signal.SIGKILL)
+        (root / "unseen.html").write_text("made while no watcher may run")
+        proc.wait_event("watcher_restarted")
+        wait_for(
+            lambda: proc.metric("invalidatord_watcher_restarts_total", source="docroot") == 1,
+            10,
+            what="the restart counted",
+        )
+        wait_for(lambda: proc.health()[0] == 200, 10, what="healthy again")
+        (root / "later.html").write_text("x")
+        wait_for(
+            lambda: {"/unseen.html", "/later.html"} <= received(cloudfront),
+            20,
+            what="both files invalidated",
+        )
+        assert watcher not in _children(proc.proc.pid)

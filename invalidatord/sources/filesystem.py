@@ -98,6 +98,8 @@ class FilesystemSource(WatchEvents):
         self.watcher_kind = ""
         #: inotify queue overflows seen since construction.
         self.overflows = 0
+        #: watcher processes that ended unasked since construction (each one is replaced).
+        self.watcher_restarts = 0
         #: wall clock (ns) at which the current watch began, at the latest; 0 before.
         self.watching_since_ns = 0
         self._sink = sink
@@ -336,6 +338,7 @@ class FilesystemSource(WatchEvents):
         """The watcher process died (killed, out of memory): start another, then rescan the
         whole tree, since whatever changed in between was not seen. Retried with a growing
         delay while it cannot start; the source is unhealthy meanwhile."""
+        self.watcher_restarts += 1
         log.error("watcher_process_ended", source=self.name, root=self._root_str, reason=reason)
         threading.Thread(target=self._restart, name=f"restart-{self.name}", daemon=True).start()
 
