@@ -67,6 +67,19 @@ def write_config(
     return path
 
 
+def emulator_config(
+    directory: Path, root: Path, cloudfront: CloudFrontEmulator, **kwargs: Any
+) -> Path:
+    """`write_config` for `root` against the emulator's endpoint and distribution."""
+    return write_config(
+        directory,
+        root=root,
+        endpoint=cloudfront.endpoint_url,
+        distribution_id=cloudfront.distribution_id,
+        **kwargs,
+    )
+
+
 def make_site(root: Path, files: dict[str, str]) -> None:
     """Write `files` (relative path -> text) under `root`, creating folders."""
     for rel, text in files.items():

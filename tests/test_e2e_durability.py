@@ -17,7 +17,14 @@ import pytest
 from invalidatord.emulator import CREATE, CloudFrontEmulator
 from invalidatord.journal import PLANNED, REJECTED, Journal
 from tests.conftest import EmulatorFactory
-from tests.harness import DaemonProcess, Daemons, barrier, make_site, received, write_config
+from tests.harness import (
+    DaemonProcess,
+    Daemons,
+    barrier,
+    emulator_config,
+    make_site,
+    received,
+)
 from tests.waiting import wait_for
 
 SITE = {
@@ -36,18 +43,6 @@ def docroot(tmp_path: Path) -> Path:
     root = tmp_path / "www"
     make_site(root, SITE)
     return root
-
-
-def config_for(
-    tmp_path: Path, docroot: Path, cloudfront: CloudFrontEmulator, **kwargs: Any
-) -> Path:
-    return write_config(
-        tmp_path,
-        root=docroot,
-        endpoint=cloudfront.endpoint_url,
-        distribution_id=cloudfront.distribution_id,
-        **kwargs,
-    )
 
 
 def creates(cloudfront: CloudFrontEmulator) -> list[Any]:
@@ -84,7 +79,7 @@ def test_sigkill_inside_the_debounce_window_loses_nothing(
 ) -> None:
     """Changes still debouncing when the daemon is SIGKILLed are found by the catch-up scan of
     the next start: every changed path is invalidated, and nothing else."""
-    config = config_for(tmp_path, docroot, cloudfront, quiet="30s", max_delay="60s")
+    config = emulator_config(tmp_path, docroot, cloudfront, quiet="30s", max_delay="60s")
     first = daemons.start(config)
     first.wait_event("baseline_recorded")
     expected = change_site(docroot)
@@ -96,7 +91,7 @@ def test_sigkill_inside_the_debounce_window_loses_nothing(
     first.stop(signal.SIGKILL)
     assert received(cloudfront) == set()
 
-    config = config_for(tmp_path, docroot, cloudfront, quiet="300ms", max_delay="5s")
+    config = emulator_config(tmp_path, docroot, cloudfront, quiet="300ms", max_delay="5s")
     second = daemons.start(config)
     barrier(cloudfront, docroot)
     assert received(cloudfront) == expected | {"/zz-sentinel.txt"}
@@ -117,7 +112,7 @@ def test_sigkill_after_an_unacknowledged_create_does_not_bill_twice(
     """CloudFront created the invalidation but its answer was lost, and the daemon was SIGKILLed
     while backing off: the restart resubmits the batch with the same CallerReference and
     CloudFront holds exactly one invalidation for it."""
-    config = config_for(tmp_path, docroot, cloudfront)
+    config = emulator_config(tmp_path, docroot, cloudfront)
     first = daemons.start(config)
     cloudfront.inject(fault, after=True)
     (docroot / "a.html").write_text("a")
@@ -159,7 +154,7 @@ def test_sigterm_during_an_outage_keeps_the_work_for_the_next_start(
 ) -> None:
     """SIGTERM while CloudFront answers only 503: the daemon still exits 0 within
     shutdown_timeout, says what it kept, and the next start submits it (one invalidation)."""
-    config = config_for(
+    config = emulator_config(
         tmp_path,
         docroot,
         cloudfront,
@@ -199,7 +194,7 @@ def test_pending_paths_survive_sigkill_while_others_fill_the_limit(
         },
     )
     # Others' invalidations are learnt by reconciling: often here, so the test is quick.
-    config = config_for(
+    config = emulator_config(
         tmp_path, docroot, cloudfront, extra={"invalidation": {"reconcile_interval": "1s"}}
     )
     first = daemons.start(config)
@@ -235,7 +230,7 @@ def test_changes_made_while_stopped_are_invalidated_on_start(
 ) -> None:
     """Stopped with SIGTERM, the tree changes (files created, modified, deleted, renamed, a
     directory removed): the next start invalidates exactly those, unchanged files are not."""
-    config = config_for(tmp_path, docroot, cloudfront)
+    config = emulator_config(tmp_path, docroot, cloudfront)
     first = daemons.start(config)
     first.wait_event("baseline_recorded")
     assert first.stop(signal.SIGTERM) == 0, first.transcript()
@@ -276,7 +271,7 @@ def test_inotify_overflow_loses_no_change(
     directory afterwards, including one made during the overflow."""
     for d in range(30):
         (docroot / f"burst/d{d:02}").mkdir(parents=True)
-    config = config_for(tmp_path, docroot, cloudfront)
+    config = emulator_config(tmp_path, docroot, cloudfront)
     original = MAX_QUEUED.read_text().strip()
     proc = daemons.add(DaemonProcess("run", "-c", str(config)))
     try:
@@ -324,7 +319,7 @@ def _storm(
 ) -> dict[str, Any]:
     """Throttling (50%), 503 (20%), TooMany for a while and slow completion, while
     `dirs * per_dir` new files arrive. Returns the figures the callers assert and report."""
-    config = config_for(
+    config = emulator_config(
         tmp_path,
         docroot,
         cloudfront,
@@ -412,7 +407,7 @@ def test_one_refused_path_of_500_is_set_aside_and_the_rest_sent(
 ) -> None:
     """InvalidArgument on one path of a 500-path batch: the other 499 reach CloudFront, the one
     is logged (`path_rejected`, naming the file) and the daemon keeps running."""
-    config = config_for(tmp_path, docroot, cloudfront)
+    config = emulator_config(tmp_path, docroot, cloudfront)
     proc = daemons.start(config)
     cloudfront.reject_path("/batch/p321.html")
     folder = docroot / "batch"

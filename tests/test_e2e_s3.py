@@ -16,7 +16,7 @@ import pytest
 from botocore.config import Config
 
 from invalidatord.emulator import CloudFrontEmulator
-from tests.harness import DaemonProcess, Daemons, write_config
+from tests.harness import DaemonProcess, Daemons, emulator_config, write_config
 from tests.waiting import wait_for
 
 BUCKET = "site-bucket"
@@ -90,11 +90,10 @@ def sqs_config(
     **source: Any,
 ) -> Path:
     """A config with one `type: sqs` source on the test's queue (`source` adds to it)."""
-    return write_config(
+    return emulator_config(
         tmp_path,
-        root=tmp_path,
-        endpoint=cloudfront.endpoint_url,
-        distribution_id=cloudfront.distribution_id,
+        tmp_path,
+        cloudfront,
         quiet=quiet,
         max_delay=max_delay,
         extra={

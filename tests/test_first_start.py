@@ -13,7 +13,7 @@ from invalidatord.config import load_config
 from invalidatord.daemon import Daemon
 from invalidatord.emulator import CloudFrontEmulator
 from invalidatord.model import FileStat
-from tests.harness import DaemonProcess, received, write_config
+from tests.harness import DaemonProcess, emulator_config, received
 from tests.waiting import wait_for
 
 
@@ -43,11 +43,10 @@ def test_the_baseline_reports_files_changed_since_the_watch_began(
     (root / "old.html").write_text("old")
     (root / "new.html").write_text("new")
     cfg = load_config(
-        write_config(
+        emulator_config(
             tmp_path,
-            root=root,
-            endpoint=cloudfront.endpoint_url,
-            distribution_id=cloudfront.distribution_id,
+            root,
+            cloudfront,
         )
     )
     daemon = Daemon(cfg)
@@ -78,11 +77,10 @@ def test_a_first_start_on_an_unchanged_tree_invalidates_nothing(
     root.mkdir()
     for i in range(50):
         (root / f"p{i}.html").write_text("x")
-    config = write_config(
+    config = emulator_config(
         tmp_path,
-        root=root,
-        endpoint=cloudfront.endpoint_url,
-        distribution_id=cloudfront.distribution_id,
+        root,
+        cloudfront,
         quiet="100ms",
     )
     proc = DaemonProcess("run", "-c", str(config)).start()
