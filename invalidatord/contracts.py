@@ -44,6 +44,9 @@ class TreeScanner(Protocol):
     """A source whose current state can be listed (filesystem): the catch-up scan uses it."""
 
     name: str
+    #: Wall clock (ns) at which its current watch began, at the latest; 0 = unknown. A first
+    #: start's baseline reports files whose ctime is later (their events may have been lost).
+    watching_since_ns: int
 
     def scan(self, prefix: str = "") -> Iterator[tuple[str, FileStat]]:
         """Every file under `prefix` ("" = the whole root) that is not ignored, as

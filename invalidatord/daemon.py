@@ -221,8 +221,8 @@ class Daemon:
         self.submitter: Submitter | None = None
         self.scheduler: BackgroundScheduler | None = None
         self.http = http
-        self._overflows_seen: dict[str, int] = {}
-        self._overflow_lock = threading.Lock()
+        self._watcher_counts_seen: dict[str, int] = {}
+        self._watcher_counts_lock = threading.Lock()
         self._started = False
         self._stopped = False
 
@@ -386,14 +386,14 @@ class Daemon:
         if change.kind is ChangeKind.RESCAN and not change.path:
             # an overflow (or the root itself moved or deleted): count it now, not at the
             # next scrape, so the counter moves with the rescan it causes
-            self._count_overflows()
+            self._count_watcher_events()
         self.pipeline.sink(change)
 
-    def _count_overflows(self) -> None:
+    def _count_watcher_events(self) -> None:
         """Add each filesystem source's new overflows and watcher restarts (its own counts)
         to the counters. A RESCAN of the whole tree is not an overflow by itself: start-up
         catch-up and the periodic safety net send one too."""
-        with self._overflow_lock:
+        with self._watcher_counts_lock:
             for name, source in self.sources.items():
                 for attribute, counter in (
                     ("overflows", self.metrics.overflows),
@@ -403,10 +403,10 @@ class Daemon:
                     if not isinstance(count, int):
                         continue
                     key = f"{attribute}:{name}"
-                    new = count - self._overflows_seen.get(key, 0)
+                    new = count - self._watcher_counts_seen.get(key, 0)
                     if new > 0:
                         counter.labels(name).inc(new)
-                        self._overflows_seen[key] = count
+                        self._watcher_counts_seen[key] = count
 
     def _catch_up(self) -> list[Callable[[], None]]:
         """Queue each filesystem source's start-up work; returns the first-start baselines,
@@ -432,7 +432,7 @@ class Daemon:
         assert self.journal is not None
         assert self.pipeline is not None
         started = time.monotonic()
-        since = getattr(scanner, "watching_since_ns", 0)
+        since = scanner.watching_since_ns
         # a file's timestamps come from the kernel's coarse clock, up to a tick behind
         since = since - _CTIME_SLACK_NS if since else 0
         recent: list[str] = []
@@ -578,7 +578,7 @@ class Daemon:
             self.metrics.set_billed(journal.billed_this_month())
         except InvalidatordError:
             return
-        self._count_overflows()
+        self._count_watcher_events()
         ok, body = self.health()
         self.metrics.healthy.set(1 if ok else 0)
         for name, state in body["sources"].items():

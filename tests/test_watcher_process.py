@@ -25,6 +25,7 @@ from invalidatord.sources.watcher import (
     OVERFLOW_MESSAGE,
     WatchEvents,
     WatchProcess,
+    WatchSettings,
     _ForwardLogs,
     _PipeWriter,
 )
@@ -164,7 +165,7 @@ def test_start_raises_the_childs_reason(tmp_path: Path) -> None:
     """When the child cannot watch, start() raises a SourceError with the child's own words
     (here: inotify on a root that is gone) and leaves no process behind."""
     missing = str(tmp_path / "gone")
-    watch = WatchProcess("docroot", missing, [], WatchEvents(), watcher="inotify")
+    watch = WatchProcess(WatchSettings("docroot", missing, watcher="inotify"), WatchEvents())
     with pytest.raises(SourceError, match="inotify cannot watch") as raised:
         watch.start()
     assert missing in raised.value.reason

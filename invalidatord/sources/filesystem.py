@@ -43,6 +43,7 @@ from invalidatord.sources.watcher import (
     Watch,
     WatchEvents,
     WatchProcess,
+    WatchSettings,
     describe,
     prespawn,
 )
@@ -127,14 +128,7 @@ class FilesystemSource(WatchEvents):
             self._set_root(os.path.realpath(self.root))
             self._check_root()
             kind = WatchProcess if self.separate_process else Watch
-            watch = kind(
-                self.name,
-                self._root_str,
-                self.ignore,
-                self,
-                watcher=self.watcher,
-                poll_interval=self.poll_interval,
-            )
+            watch = kind(self._watch_settings(), self)
             self._delivering = True
             since = time.time_ns()
             try:
@@ -294,6 +288,11 @@ class FilesystemSource(WatchEvents):
 
     # -- internals -------------------------------------------------------------------------
 
+    def _watch_settings(self) -> WatchSettings:
+        return WatchSettings(
+            self.name, self._root_str, self.ignore, self.watcher, self.poll_interval
+        )
+
     def _set_root(self, root: str) -> None:
         self._root_str = root
         self._root_prefix = root if root.endswith(os.sep) else root + os.sep
@@ -350,14 +349,7 @@ class FilesystemSource(WatchEvents):
                 if not isinstance(old, WatchProcess) or old.healthy:
                     return  # stopped meanwhile, or already replaced
                 old.stop()
-                watch = WatchProcess(
-                    self.name,
-                    self._root_str,
-                    self.ignore,
-                    self,
-                    watcher=self.watcher,
-                    poll_interval=self.poll_interval,
-                )
+                watch = WatchProcess(self._watch_settings(), self)
                 try:
                     self.watcher_kind = watch.start()
                 except SourceError as exc:
@@ -376,10 +368,5 @@ def prespawn_watchers(sources: Sequence[SourceConfig]) -> None:
     ahead of the daemon's start (see `watcher.prespawn`)."""
     for s in sources:
         if isinstance(s, FilesystemSourceConfig) and s.watcher_process:
-            prespawn(
-                s.name,
-                os.path.realpath(s.root),
-                s.ignore,
-                watcher=s.watcher,
-                poll_interval=s.poll_interval,
-            )
+            root = os.path.realpath(s.root)
+            prespawn(WatchSettings(s.name, root, tuple(s.ignore), s.watcher, s.poll_interval))

@@ -27,6 +27,8 @@ class MemorySource:
         self.name = name
         self.files: dict[str, FileStat] = {}
         self.acknowledged: list[str] = []
+        #: no watch to lose events: a first start's baseline reports nothing
+        self.watching_since_ns = 0
         self._sink = sink
         self._clock = clock
         self._lock = threading.Lock()

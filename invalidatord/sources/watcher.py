@@ -41,7 +41,8 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import pathspec
@@ -65,7 +66,14 @@ from invalidatord.errors import SourceError
 from invalidatord.model import ChangeKind
 from invalidatord.sources.ignore import matchers
 
-__all__ = ["OVERFLOW_LOGGER", "OVERFLOW_MESSAGE", "Watch", "WatchEvents", "WatchProcess"]
+__all__ = [
+    "OVERFLOW_LOGGER",
+    "OVERFLOW_MESSAGE",
+    "Watch",
+    "WatchEvents",
+    "WatchProcess",
+    "WatchSettings",
+]
 
 # What inotify is asked for (watchdog 7.1 derives the kernel mask from this list): creates,
 # closes after writing, moves and deletes. Not FileOpenedEvent/FileClosedNoWriteEvent (every
@@ -98,6 +106,33 @@ OVERFLOW_MESSAGE = "Inotify queue overflowed; filesystem events were lost"
 _STOP_TIMEOUT = 10.0
 
 
+@dataclass(frozen=True)
+class WatchSettings:
+    """What a watch needs: the same for `Watch`, `WatchProcess` and `prespawn`, and what
+    travels to the child as one JSON line (equal settings = a prespawned child to adopt)."""
+
+    name: str
+    root: str  # already resolved (realpath): inotify does not follow a symlinked root
+    ignore: tuple[str, ...] = ()
+    watcher: Literal["auto", "inotify", "polling"] = "auto"
+    poll_interval: float = 5.0
+
+    def to_line(self) -> bytes:
+        # ensure_ascii: a root or pattern with surrogate escapes survives as \udcXX
+        return json.dumps(asdict(self), sort_keys=True).encode("ascii") + b"\n"
+
+    @classmethod
+    def from_line(cls, line: bytes) -> WatchSettings:
+        raw = json.loads(line)
+        return cls(
+            name=str(raw["name"]),
+            root=str(raw["root"]),
+            ignore=tuple(str(p) for p in raw["ignore"]),
+            watcher=raw["watcher"],
+            poll_interval=float(raw["poll_interval"]),
+        )
+
+
 class WatchEvents:
     """What a `Watch` tells its owner, on watchdog's threads. Override what you need."""
 
@@ -115,25 +150,16 @@ class WatchEvents:
 
 
 class Watch:
-    """watchdog on `root` (already resolved), delivering to `events`."""
+    """watchdog on `settings.root`, delivering to `events`."""
 
-    def __init__(
-        self,
-        name: str,
-        root: str,
-        ignore: Sequence[str],
-        events: WatchEvents,
-        *,
-        watcher: Literal["auto", "inotify", "polling"] = "auto",
-        poll_interval: float = 5.0,
-    ) -> None:
-        self.name = name
-        self.root = root
-        self.prefix = root if root.endswith(os.sep) else root + os.sep
-        self.match = matchers(pathspec.GitIgnoreSpec.from_lines(ignore))[0]
+    def __init__(self, settings: WatchSettings, events: WatchEvents) -> None:
+        self.name = settings.name
+        self.root = settings.root
+        self.prefix = self.root if self.root.endswith(os.sep) else self.root + os.sep
+        self.match = matchers(pathspec.GitIgnoreSpec.from_lines(settings.ignore))[0]
         self.events = events
-        self.watcher = watcher
-        self.poll_interval = poll_interval
+        self.watcher = settings.watcher
+        self.poll_interval = settings.poll_interval
         #: "inotify" or "polling" once started.
         self.kind = ""
         self.delivering = False
@@ -468,15 +494,7 @@ def child_main(stdin: Any = None, stdout_fd: int | None = None) -> int:
     # watchdog's own warnings reach the daemon's log as events, not as plain text on stderr
     logging.getLogger("watchdog").addHandler(_ForwardLogs(pipe))
     try:
-        settings = json.loads(stdin.readline())
-        watch = Watch(
-            str(settings["name"]),
-            str(settings["root"]),
-            [str(p) for p in settings["ignore"]],
-            pipe,
-            watcher=settings["watcher"],
-            poll_interval=float(settings["poll_interval"]),
-        )
+        watch = Watch(WatchSettings.from_line(stdin.readline()), pipe)
         kind = watch.start()
     except SourceError as exc:
         pipe.send(b"E" + exc.reason.encode("utf-8", "backslashreplace") + b"\0")
@@ -502,16 +520,12 @@ def child_main(stdin: Any = None, stdout_fd: int | None = None) -> int:
     return 0
 
 
-#: Children started ahead of their source (see `prespawn`), by their settings line, with the
-#: wall clock (ns) at which each was started.
-_PRESPAWNED: dict[bytes, tuple[subprocess.Popen[bytes], int]] = {}
+#: Children started ahead of their source (see `prespawn`), with the wall clock (ns) at which
+#: each was started.
+_PRESPAWNED: dict[WatchSettings, tuple[subprocess.Popen[bytes], int]] = {}
 
 
-def _settings_line(settings: Mapping[str, Any]) -> bytes:
-    return json.dumps(settings, sort_keys=True).encode("ascii") + b"\n"
-
-
-def _spawn(settings: bytes) -> subprocess.Popen[bytes]:
+def _spawn(settings: WatchSettings) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "invalidatord.sources.watcher"],
         stdin=subprocess.PIPE,
@@ -520,66 +534,36 @@ def _spawn(settings: bytes) -> subprocess.Popen[bytes]:
     )
     assert proc.stdin is not None
     try:
-        proc.stdin.write(settings)
+        proc.stdin.write(settings.to_line())
         proc.stdin.flush()
     except OSError:
         pass  # it died: its reader sees the end of its output
     return proc
 
 
-def prespawn(
-    name: str,
-    root: str,
-    ignore: Sequence[str],
-    *,
-    watcher: Literal["auto", "inotify", "polling"] = "auto",
-    poll_interval: float = 5.0,
-) -> None:
+def prespawn(settings: WatchSettings) -> None:
     """Start a watcher process now, for a `WatchProcess` with the same settings to adopt
     later: the daemon calls this as soon as its config is read, so the child adds its
     watches while the daemon imports boto3 and checks CloudFront, on the other core. Changes
     it sees before it is adopted wait in the pipe. A child nobody adopts ends with this
     process (its stdin closes). Failing here is not an error: `start` spawns again."""
-    settings = {
-        "name": name,
-        "root": root,
-        "ignore": list(ignore),
-        "watcher": watcher,
-        "poll_interval": poll_interval,
-    }
-    key = _settings_line(settings)
-    if key not in _PRESPAWNED:
+    if settings not in _PRESPAWNED:
         with contextlib.suppress(OSError):
-            _PRESPAWNED[key] = (_spawn(key), time.time_ns())
+            _PRESPAWNED[settings] = (_spawn(settings), time.time_ns())
 
 
 class WatchProcess:
     """The parent's side: starts the child, turns its records back into calls on `events`
     (on a reader thread of this process), and stops it."""
 
-    def __init__(
-        self,
-        name: str,
-        root: str,
-        ignore: Sequence[str],
-        events: WatchEvents,
-        *,
-        watcher: Literal["auto", "inotify", "polling"] = "auto",
-        poll_interval: float = 5.0,
-    ) -> None:
-        self.name = name
-        self.root = root
+    def __init__(self, settings: WatchSettings, events: WatchEvents) -> None:
+        self.name = settings.name
+        self.root = settings.root
         self.events = events
         self.kind = ""
         #: when the child was started ahead of this object (`prespawn`), its wall clock (ns).
         self.spawned_ns = 0
-        self._settings = {
-            "name": name,
-            "root": root,
-            "ignore": list(ignore),
-            "watcher": watcher,
-            "poll_interval": poll_interval,
-        }
+        self._settings = settings
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._started = threading.Event()
@@ -591,11 +575,10 @@ class WatchProcess:
         """Start the child (or adopt the one `prespawn` started for the same settings) and
         wait until it watches; returns "inotify" or "polling". Raises `SourceError` with the
         child's reason when it cannot."""
-        key = _settings_line(self._settings)
-        proc, self.spawned_ns = _PRESPAWNED.pop(key, (None, 0))
+        proc, self.spawned_ns = _PRESPAWNED.pop(self._settings, (None, 0))
         if proc is None:
             try:
-                proc = _spawn(key)
+                proc = _spawn(self._settings)
             except OSError as exc:
                 reason = f"cannot start the watcher process: {describe(exc)}"
                 raise SourceError(self.name, reason) from exc
