@@ -14,7 +14,7 @@ import pytest
 
 from invalidatord.emulator import CREATE, CloudFrontEmulator
 from tests.conftest import EmulatorFactory
-from tests.harness import DaemonProcess, aws_test_env, received, running_daemon, write_config
+from tests.harness import DaemonProcess, aws_test_env, emulator_config, received, running_daemon
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -32,11 +32,10 @@ def make_config(tmp_path: Path, cloudfront: CloudFrontEmulator) -> Path:
     root = tmp_path / "www"
     root.mkdir(exist_ok=True)
     (root / "index.html").write_text("home")
-    return write_config(
+    return emulator_config(
         tmp_path,
-        root=root,
-        endpoint=cloudfront.endpoint_url,
-        distribution_id=cloudfront.distribution_id,
+        root,
+        cloudfront,
         extra={"invalidation": {"max_backoff": "2s"}},
     )
 
@@ -183,11 +182,10 @@ def test_work_left_on_another_distribution_does_not_hold_up_the_command(
     are still waiting in the journal."""
     config = make_config(tmp_path, cloudfront)
     other = cloudfront.create_distribution("another")
-    config = write_config(
+    config = emulator_config(
         tmp_path,
-        root=tmp_path / "www",
-        endpoint=cloudfront.endpoint_url,
-        distribution_id=cloudfront.distribution_id,
+        tmp_path / "www",
+        cloudfront,
         extra={"distributions": {"cdn": {"id": other}}},
         rules=[{"match": "**", "distribution": ["www", "cdn"], "urls": ["/{path}"]}],
     )

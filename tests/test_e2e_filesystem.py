@@ -17,7 +17,14 @@ from pathlib import Path
 import pytest
 
 from invalidatord.emulator import CloudFrontEmulator
-from tests.harness import DaemonProcess, barrier, make_site, received, running_daemon, write_config
+from tests.harness import (
+    DaemonProcess,
+    barrier,
+    emulator_config,
+    make_site,
+    received,
+    running_daemon,
+)
 from tests.waiting import wait_for
 
 
@@ -42,11 +49,10 @@ def docroot(tmp_path: Path) -> Path:
 def daemon(
     tmp_path: Path, docroot: Path, cloudfront: CloudFrontEmulator
 ) -> Iterator[DaemonProcess]:
-    config = write_config(
+    config = emulator_config(
         tmp_path,
-        root=docroot,
-        endpoint=cloudfront.endpoint_url,
-        distribution_id=cloudfront.distribution_id,
+        docroot,
+        cloudfront,
     )
     with running_daemon(config) as proc:
         yield proc
@@ -166,11 +172,10 @@ def test_git_checkout_of_another_branch(tmp_path: Path, cloudfront: CloudFrontEm
     git("commit", "-qm", "two")
     git("checkout", "-q", "main")
 
-    config = write_config(
+    config = emulator_config(
         tmp_path,
-        root=root,
-        endpoint=cloudfront.endpoint_url,
-        distribution_id=cloudfront.distribution_id,
+        root,
+        cloudfront,
     )
     with running_daemon(config):
         git("checkout", "-q", "other")
@@ -201,11 +206,10 @@ def test_a_deploy_of_5000_files_collapses_into_one_wildcard(
     """With the default cost policy (collapse at 100 paths a directory), 5,000 new files in 50
     directories need more wildcards than CloudFront allows in flight, so they are lifted into
     their common parent: one request, one billed path, every file covered."""
-    config = write_config(
+    config = emulator_config(
         tmp_path,
-        root=docroot,
-        endpoint=cloudfront.endpoint_url,
-        distribution_id=cloudfront.distribution_id,
+        docroot,
+        cloudfront,
         quiet="1s",
         extra={"invalidation": {"collapse_threshold": 100}},
     )

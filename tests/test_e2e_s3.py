@@ -16,7 +16,7 @@ import pytest
 from botocore.config import Config
 
 from invalidatord.emulator import CloudFrontEmulator
-from tests.harness import DaemonProcess, Daemons, emulator_config, write_config
+from tests.harness import DaemonProcess, Daemons, emulator_config
 from tests.waiting import wait_for
 
 BUCKET = "site-bucket"
@@ -310,11 +310,10 @@ def test_s3_poll_source_baselines_polls_and_survives_stops_and_a_sigkill(
     source = {"name": "static", "type": "s3-poll", "bucket": BUCKET, "prefix": "site/"}
 
     def start(quiet: str = "300ms") -> DaemonProcess:
-        config = write_config(
+        config = emulator_config(
             tmp_path,
-            root=tmp_path,
-            endpoint=cloudfront.endpoint_url,
-            distribution_id=cloudfront.distribution_id,
+            tmp_path,
+            cloudfront,
             quiet=quiet,
             max_delay="120s",
             extra={"sources": [{**source, "interval": "300ms"}]},

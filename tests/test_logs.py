@@ -29,7 +29,7 @@ import structlog
 
 from invalidatord import logs
 from invalidatord.emulator import CloudFrontEmulator
-from tests.harness import DaemonProcess, aws_test_env, running_daemon, write_config
+from tests.harness import DaemonProcess, aws_test_env, emulator_config, running_daemon
 from tests.waiting import wait_for
 
 _B64 = string.ascii_letters + string.digits + "/+"
@@ -79,11 +79,10 @@ def test_each_submitted_invalidation_is_one_line_with_its_facts(
     """`batch_submitted` is logged once per invalidation CloudFront created, with the
     distribution, the invalidation id, file and wildcard counts, the CallerReference CloudFront
     got, and the latency from the first change."""
-    config = write_config(
+    config = emulator_config(
         tmp_path,
-        root=docroot,
-        endpoint=cloudfront.endpoint_url,
-        distribution_id=cloudfront.distribution_id,
+        docroot,
+        cloudfront,
         rules=[
             {"match": "**/index.html", "urls": ["/{dir}/*"]},
             {"match": "**", "urls": ["/{path}"]},
@@ -129,11 +128,10 @@ def test_no_credential_reaches_any_log_line(
     cloudfront.inject(
         "InternalError", times=3, operation="GetInvalidation", message=f"boom {quoted}"
     )
-    config = write_config(
+    config = emulator_config(
         tmp_path,
-        root=docroot,
-        endpoint=cloudfront.endpoint_url,
-        distribution_id=cloudfront.distribution_id,
+        docroot,
+        cloudfront,
         extra={"log": {"level": "debug"}, "invalidation": {"max_backoff": "1s"}},
     )
     with running_daemon(config, env=env) as proc:
@@ -211,11 +209,10 @@ def test_the_daemon_logs_for_people_on_a_terminal_and_json_into_a_pipe(
 ) -> None:
     """`invalidatord run` with `log.format: auto` writes console lines when its stderr is a
     terminal, and JSON lines when it is a pipe."""
-    config = write_config(
+    config = emulator_config(
         tmp_path,
-        root=docroot,
-        endpoint=cloudfront.endpoint_url,
-        distribution_id=cloudfront.distribution_id,
+        docroot,
+        cloudfront,
         extra={"log": {"format": "auto"}},
     )
     main, replica = pty.openpty()

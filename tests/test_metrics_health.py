@@ -28,7 +28,14 @@ from invalidatord.daemon import Daemon
 from invalidatord.emulator import CloudFrontEmulator
 from invalidatord.metrics import FAMILIES
 from invalidatord.sources.filesystem import OVERFLOW_LOGGER, OVERFLOW_MESSAGE
-from tests.harness import DaemonProcess, aws_test_env, received, running_daemon, write_config
+from tests.harness import (
+    DaemonProcess,
+    aws_test_env,
+    emulator_config,
+    received,
+    running_daemon,
+    write_config,
+)
 from tests.waiting import wait_for
 
 #: Probe CloudFront every second (the probe runs at most every reconcile_interval).
@@ -49,11 +56,10 @@ def started(
     tmp_path: Path, docroot: Path, cloudfront: CloudFrontEmulator
 ) -> Iterator[DaemonProcess]:
     """A ready daemon on `docroot`, probing CloudFront every second."""
-    config = write_config(
+    config = emulator_config(
         tmp_path,
-        root=docroot,
-        endpoint=cloudfront.endpoint_url,
-        distribution_id=cloudfront.distribution_id,
+        docroot,
+        cloudfront,
         extra=FAST_PROBE,
     )
     with running_daemon(config) as proc:
@@ -170,11 +176,10 @@ def test_a_start_up_catch_up_is_a_rescan_not_an_overflow(
     tmp_path: Path, docroot: Path, cloudfront: CloudFrontEmulator
 ) -> None:
     """The catch-up scan of a restart is counted as a tree rescan and never as an overflow."""
-    config = write_config(
+    config = emulator_config(
         tmp_path,
-        root=docroot,
-        endpoint=cloudfront.endpoint_url,
-        distribution_id=cloudfront.distribution_id,
+        docroot,
+        cloudfront,
     )
     with running_daemon(config) as first:
         first.wait_event("baseline_recorded")
@@ -193,11 +198,10 @@ def test_an_inotify_overflow_is_counted_from_the_source(
     """watchdog reports a kernel queue overflow only as a WARNING on its logger: the daemon
     counts it once, from the source, and the rescan it causes is counted as a tree rescan.
     (The watcher runs in-process here, so the WARNING can be raised from this test.)"""
-    path = write_config(
+    path = emulator_config(
         tmp_path,
-        root=docroot,
-        endpoint=cloudfront.endpoint_url,
-        distribution_id=cloudfront.distribution_id,
+        docroot,
+        cloudfront,
     )
     raw = yaml.safe_load(path.read_text())
     raw["sources"][0]["watcher_process"] = False
@@ -349,11 +353,10 @@ def test_ready_status_watchdog_and_stopping_arrive_in_order(
     """READY=1 (with STATUS=) comes once the source watches: a file written the moment it
     arrives is invalidated. WATCHDOG=1 pings follow (never before READY=1) and STOPPING=1 is
     the last word after SIGTERM."""
-    config = write_config(
+    config = emulator_config(
         tmp_path,
-        root=docroot,
-        endpoint=cloudfront.endpoint_url,
-        distribution_id=cloudfront.distribution_id,
+        docroot,
+        cloudfront,
     )
     proc = DaemonProcess(
         "run", "-c", str(config), env=systemd_env(notify_socket, watchdog_usec=1_000_000)
@@ -427,11 +430,10 @@ def test_a_busy_metrics_port_exits_1_with_one_line(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         listen = f"127.0.0.1:{taken.getsockname()[1]}"
-        config = write_config(
+        config = emulator_config(
             tmp_path,
-            root=docroot,
-            endpoint=cloudfront.endpoint_url,
-            distribution_id=cloudfront.distribution_id,
+            docroot,
+            cloudfront,
             extra={"metrics": {"listen": listen}},
         )
         proc = DaemonProcess("run", "-c", str(config)).start()

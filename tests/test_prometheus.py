@@ -28,7 +28,7 @@ import yaml
 
 from invalidatord.emulator import CloudFrontEmulator
 from invalidatord.metrics import FAMILIES
-from tests.harness import DaemonProcess, running_daemon, write_config
+from tests.harness import DaemonProcess, emulator_config, running_daemon
 from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -350,11 +350,10 @@ def daemon(tmp_path: Path, cloudfront: CloudFrontEmulator) -> Iterator[DaemonPro
     root = tmp_path / "www"
     root.mkdir()
     (root / "index.html").write_text("home")
-    config = write_config(
+    config = emulator_config(
         tmp_path,
-        root=root,
-        endpoint=cloudfront.endpoint_url,
-        distribution_id=cloudfront.distribution_id,
+        root,
+        cloudfront,
     )
     with running_daemon(config) as proc:
         (root / "page.html").write_text("page")

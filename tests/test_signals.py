@@ -24,7 +24,7 @@ import yaml
 
 from invalidatord.emulator import CloudFrontEmulator
 from invalidatord.journal import PLANNED, Journal
-from tests.harness import DaemonProcess, aws_test_env, running_daemon, write_config
+from tests.harness import DaemonProcess, aws_test_env, emulator_config, running_daemon, write_config
 from tests.test_metrics_health import NotifySocket, systemd_env
 from tests.waiting import wait_for
 
@@ -68,11 +68,10 @@ def test_stop_signals_flush_what_is_debouncing_and_exit_0(
 ) -> None:
     """Inside a 30 s quiet window the signal stops the source, accepts the change, submits it
     and exits 0, in that order."""
-    config = write_config(
+    config = emulator_config(
         tmp_path,
-        root=docroot,
-        endpoint=cloudfront.endpoint_url,
-        distribution_id=cloudfront.distribution_id,
+        docroot,
+        cloudfront,
         quiet="30s",
         max_delay="60s",
     )
@@ -103,11 +102,10 @@ def test_what_cloudfront_refuses_stays_journaled_and_the_next_start_sends_it(
 ) -> None:
     """CloudFront failing every submission: SIGTERM still exits 0 within shutdown_timeout,
     the path stays in the journal, and the next start submits it once CloudFront recovers."""
-    config = write_config(
+    config = emulator_config(
         tmp_path,
-        root=docroot,
-        endpoint=cloudfront.endpoint_url,
-        distribution_id=cloudfront.distribution_id,
+        docroot,
+        cloudfront,
         extra={"shutdown_timeout": "2s"},
     )
     cloudfront.inject("ServiceUnavailable", operation="CreateInvalidation")
@@ -229,11 +227,10 @@ def running(
 ) -> Iterator[tuple[DaemonProcess, Path, NotifySocket]]:
     """A ready daemon (rule: every path -> /{path}) with a systemd notify socket."""
     notify = NotifySocket()
-    config = write_config(
+    config = emulator_config(
         tmp_path,
-        root=docroot,
-        endpoint=cloudfront.endpoint_url,
-        distribution_id=cloudfront.distribution_id,
+        docroot,
+        cloudfront,
         rules=[{"match": "**", "urls": ["/{path}"]}],
     )
     with contextlib.closing(notify), running_daemon(config, env=systemd_env(notify)) as proc:
