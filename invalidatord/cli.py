@@ -157,7 +157,7 @@ def _check(cfg: Config, path: str) -> int:
 
 
 def _map(cfg: Config, source: str | None, paths: Sequence[str]) -> int:
-    from invalidatord.daemon import mapper_for
+    from invalidatord.factory import mapper_for
 
     names = [s.name for s in cfg.sources]
     source = source or names[0]
@@ -192,9 +192,8 @@ def _map(cfg: Config, source: str | None, paths: Sequence[str]) -> int:
 def _invalidate(
     cfg: Config, distribution: str | None, urls: Sequence[str], *, raw: bool, wait: bool
 ) -> int:
-    from invalidatord.daemon import StateLock, cloudfront_for, limits_for, open_journal
+    from invalidatord.factory import StateLock, cloudfront_for, open_journal, submitter_for
     from invalidatord.metrics import Metrics
-    from invalidatord.submitter import Submitter
 
     names = list(cfg.distributions)
     if distribution is not None and distribution not in names:
@@ -219,15 +218,7 @@ def _invalidate(
     submitter = None
     try:
         if own:
-            submitter = Submitter(
-                journal=journal,
-                cloudfront=cloudfront_for(cfg),
-                distributions={n: cfg.distributions[n].id for n in targets},
-                limits=limits_for(cfg),
-                metrics=Metrics(),
-                max_backoff=cfg.invalidation.max_backoff,
-                completion_wait=cfg.invalidation.poll_interval,
-            )
+            submitter = submitter_for(cfg, journal, cloudfront_for(cfg), Metrics(), targets)
             submitter.reconcile()
             timeout = max(60.0, cfg.shutdown_timeout)
             if not submitter.drain(time.monotonic() + timeout):
@@ -332,7 +323,7 @@ def _age(seconds: float) -> str:
 
 
 def _status(cfg: Config) -> int:
-    from invalidatord.daemon import StateLock, open_journal
+    from invalidatord.factory import StateLock, open_journal
 
     journal = open_journal(cfg)
     try:

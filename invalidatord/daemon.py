@@ -36,9 +36,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import fcntl
 import functools
-import os
 import signal
 import threading
 import time
@@ -51,7 +49,6 @@ from apscheduler.executors.pool import BasePoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from invalidatord import logs, systemd
-from invalidatord.cloudfront import Boto3CloudFront, DryRunCloudFront, make_session
 from invalidatord.config import (
     Config,
     FilesystemSourceConfig,
@@ -61,13 +58,19 @@ from invalidatord.config import (
 )
 from invalidatord.contracts import CloudFront, Source, TreeScanner
 from invalidatord.errors import AccessProblem, InvalidatordError, JournalError, SinkError
+from invalidatord.factory import (
+    StateLock,
+    client_for,
+    cloudfront_for,
+    mapper_for,
+    open_journal,
+    submitter_for,
+)
 from invalidatord.health import StatusServer, WatchedCloudFront
 from invalidatord.journal import PLANNED, Journal
-from invalidatord.mapping import Mapper, Rule
 from invalidatord.metrics import Metrics
 from invalidatord.model import Change, ChangeKind, FileStat
 from invalidatord.pipeline import DebounceSettings, Pipeline
-from invalidatord.planner import Limits
 from invalidatord.sources.filesystem import FilesystemSource
 from invalidatord.submitter import Submitter
 
@@ -77,8 +80,6 @@ log = structlog.get_logger(__name__)
 #: clock, one tick behind at most: 10 ms at HZ=100).
 _CTIME_SLACK_NS = 20_000_000
 
-JOURNAL_NAME = "journal.sqlite"
-LOCK_NAME = "daemon.lock"
 #: How often each distribution is asked a cheap ListInvalidations (at most; never more often
 #: than `invalidation.reconcile_interval`), so /healthz notices CloudFront refusing or
 #: unreachable while nothing is being submitted.
@@ -88,70 +89,6 @@ GAUGE_INTERVAL = 5.0
 
 T = TypeVar("T")
 Phase = Literal["starting", "ready", "reloading", "stopping", "stopped"]
-
-
-def mapper_for(cfg: Config) -> Mapper:
-    return Mapper(
-        [
-            Rule(
-                match=rule.match,
-                distributions=cfg.rule_distributions(i),
-                urls=tuple(rule.urls),
-                source=rule.source,
-            )
-            for i, rule in enumerate(cfg.rules)
-        ]
-    )
-
-
-def limits_for(cfg: Config) -> Limits:
-    return cfg.invalidation.limits()
-
-
-def session_for(cfg: Config) -> Any:
-    """The boto3 session every client of the daemon uses. With `aws.role_arn`, AssumeRole goes
-    to `aws.endpoint_url` too when one is set (an emulator serves STS as well)."""
-    return make_session(
-        cfg.aws.region, cfg.aws.profile, cfg.aws.role_arn, sts_endpoint_url=cfg.aws.endpoint_url
-    )
-
-
-def cloudfront_for(cfg: Config, dry_run: bool = False) -> CloudFront:
-    if dry_run:
-        return DryRunCloudFront()
-    return Boto3CloudFront(session_for(cfg), endpoint_url=cfg.aws.endpoint_url)
-
-
-def open_journal(cfg: Config, dry_run: bool = False) -> Journal:
-    # A dry run must not consume the real journal's pending work: it keeps its own, in memory.
-    return Journal(":memory:" if dry_run else Path(cfg.state_dir) / JOURNAL_NAME)
-
-
-class StateLock:
-    """An flock on state_dir/daemon.lock: one daemon per journal. `invalidatord invalidate`
-    uses it to learn whether a daemon is running (and will submit for it)."""
-
-    def __init__(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        self.path = state_dir / LOCK_NAME
-        self._fd: int | None = None
-
-    def acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-        return True
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 # ---- scheduled jobs on daemon threads -----------------------------------------------------------
@@ -240,15 +177,7 @@ class Daemon:
         self._start_http()
         for warning in config_warnings(cfg):
             log.warning("config_warning", warning=warning)
-        self.submitter = Submitter(
-            journal=self.journal,
-            cloudfront=self.cloudfront,
-            distributions={name: d.id for name, d in cfg.distributions.items()},
-            limits=limits_for(cfg),
-            metrics=self.metrics,
-            max_backoff=cfg.invalidation.max_backoff,
-            completion_wait=cfg.invalidation.poll_interval,
-        )
+        self.submitter = submitter_for(cfg, self.journal, self.cloudfront, self.metrics)
         self._preflight()
         self._build_sources()  # their sink is self._sink; nothing is delivered before start()
         self.pipeline = Pipeline(
@@ -353,7 +282,7 @@ class Daemon:
     def _sqs_source(self, scfg: SqsSourceConfig) -> Source:
         from invalidatord.sources.sqs import SqsSource
 
-        client = session_for(self.cfg).client("sqs", endpoint_url=self.cfg.aws.endpoint_url)
+        client = client_for(self.cfg, "sqs")
         return SqsSource(
             scfg.name,
             self._sink,
@@ -370,7 +299,7 @@ class Daemon:
         from invalidatord.sources.s3poll import S3PollSource
 
         assert self.journal is not None
-        client = session_for(self.cfg).client("s3", endpoint_url=self.cfg.aws.endpoint_url)
+        client = client_for(self.cfg, "s3")
         return S3PollSource(
             scfg.name,
             self._sink,

@@ -1,0 +1,108 @@
+"""What the composition root builds, for the commands that need one part of it.
+
+`invalidatord.daemon` wires a whole daemon from these; `invalidatord invalidate`, `status`, `map`
+and Lambda mode ask here for the one part they need (a journal, a CloudFront client, a
+submitter, a mapper) instead of building their own, so every part is built one way.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import Any
+
+from invalidatord.cloudfront import Boto3CloudFront, DryRunCloudFront, make_session
+from invalidatord.config import Config
+from invalidatord.contracts import CloudFront
+from invalidatord.journal import Journal
+from invalidatord.mapping import Mapper
+from invalidatord.metrics import Metrics
+from invalidatord.planner import Limits
+from invalidatord.submitter import Submitter
+
+JOURNAL_NAME = "journal.sqlite"
+LOCK_NAME = "daemon.lock"
+
+
+def mapper_for(cfg: Config) -> Mapper:
+    return Mapper(cfg.mapping_rules())
+
+
+def limits_for(cfg: Config) -> Limits:
+    return cfg.invalidation.limits()
+
+
+def session_for(cfg: Config) -> Any:
+    """The boto3 session every client of the daemon uses. With `aws.role_arn`, AssumeRole goes
+    to `aws.endpoint_url` too when one is set (an emulator serves STS as well)."""
+    return make_session(
+        cfg.aws.region, cfg.aws.profile, cfg.aws.role_arn, sts_endpoint_url=cfg.aws.endpoint_url
+    )
+
+
+def client_for(cfg: Config, service: str) -> Any:
+    """A boto3 client of `service` (sqs, s3) with the daemon's session and endpoint."""
+    return session_for(cfg).client(service, endpoint_url=cfg.aws.endpoint_url)
+
+
+def cloudfront_for(cfg: Config, dry_run: bool = False) -> CloudFront:
+    if dry_run:
+        return DryRunCloudFront()
+    return Boto3CloudFront(session_for(cfg), endpoint_url=cfg.aws.endpoint_url)
+
+
+def journal_path(cfg: Config) -> Path:
+    return Path(cfg.state_dir) / JOURNAL_NAME
+
+
+def open_journal(cfg: Config, dry_run: bool = False) -> Journal:
+    # A dry run must not consume the real journal's pending work: it keeps its own, in memory.
+    return Journal(":memory:" if dry_run else journal_path(cfg))
+
+
+def submitter_for(
+    cfg: Config,
+    journal: Journal,
+    cloudfront: CloudFront,
+    metrics: Metrics,
+    distributions: list[str] | None = None,
+) -> Submitter:
+    """The submitter for `distributions` (config names; default: every one)."""
+    names = list(cfg.distributions) if distributions is None else distributions
+    return Submitter(
+        journal=journal,
+        cloudfront=cloudfront,
+        distributions={name: cfg.distributions[name].id for name in names},
+        limits=limits_for(cfg),
+        metrics=metrics,
+        max_backoff=cfg.invalidation.max_backoff,
+        completion_wait=cfg.invalidation.poll_interval,
+    )
+
+
+class StateLock:
+    """An flock on state_dir/daemon.lock: one daemon per journal. `invalidatord invalidate`
+    uses it to learn whether a daemon is running (and will submit for it)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
