@@ -1,8 +1,11 @@
-"""Health: what /healthz and /metrics report, and how CloudFront's answers feed it.
+"""Health: what /healthz, the gauges and systemd's STATUS= report, and how CloudFront's answers
+feed it.
 
-`WatchedCloudFront` wraps the CloudFront edge and remembers, per distribution, whether
-CloudFront answered its latest calls; `StatusServer` serves GET /healthz and GET /metrics for
-whichever daemon is current (a reload hands it to the new one).
+`StatusReport` is one reading of everything they show, collected once (`collect_status`) and
+read by all three, so they never disagree; `WatchedCloudFront` wraps the CloudFront edge and
+remembers, per distribution, whether CloudFront answered its latest calls; `StatusServer`
+serves GET /healthz and GET /metrics for whichever daemon is current (a reload hands it to the
+new one).
 """
 
 from __future__ import annotations
@@ -11,16 +14,18 @@ import json
 import socket
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol, TypeVar
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from invalidatord.contracts import CloudFront
-from invalidatord.errors import AccessProblem, SinkError
+from invalidatord.contracts import CloudFront, Source
+from invalidatord.errors import AccessProblem, InvalidatordError, SinkError
+from invalidatord.journal import Journal
 from invalidatord.metrics import Metrics
-from invalidatord.model import Invalidation
+from invalidatord.model import InFlight, Invalidation
 
 log = structlog.get_logger(__name__)
 
@@ -35,6 +40,127 @@ class StatusView(Protocol):
     def health(self) -> tuple[bool, dict[str, Any]]: ...
 
     def refresh_gauges(self) -> None: ...
+
+
+# ---- one reading of the daemon's state -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DistributionStatus:
+    problem: str | None  # why it is not healthy (CloudFront refusing, unreachable), or None
+    unsent: int  # paths accepted and not yet submitted (queued or in a planned batch)
+    oldest: float | None  # first_seen of the oldest unsent path
+    ours: InFlight  # our invalidations in progress (from the journal)
+    external: InFlight  # others' invalidations in progress (from ListInvalidations)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    """Everything /healthz, the gauges and STATUS= show, read at one moment (`at`).
+
+    `distributions` is empty and `billed` None when the journal could not be read (not open
+    yet, or closed by a stop): the report then says only the phase and the sources."""
+
+    at: float
+    phase: str
+    sources: Mapping[str, str | None]  # name -> why it is not watching, or None
+    distributions: Mapping[str, DistributionStatus]
+    billed: int | None
+
+    @property
+    def reasons(self) -> list[str]:
+        reasons = [] if self.phase == "ready" else [self.phase]
+        reasons += [f"source {n!r}: {why}" for n, why in self.sources.items() if why]
+        reasons += [
+            f"distribution {n!r}: {d.problem}" for n, d in self.distributions.items() if d.problem
+        ]
+        return reasons
+
+    @property
+    def healthy(self) -> bool:
+        return not self.reasons
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body of /healthz."""
+        reasons = self.reasons
+        body: dict[str, Any] = {"status": "ok" if not reasons else "unavailable"}
+        body["phase"] = self.phase
+        if reasons:
+            body["reasons"] = reasons
+        body["sources"] = {n: why or "ok" for n, why in self.sources.items()}
+        body["distributions"] = {n: d.problem or "ok" for n, d in self.distributions.items()}
+        if self.billed is not None:
+            body["pending"] = sum(d.unsent for d in self.distributions.values())
+        return body
+
+    def text(self) -> str:
+        """One line for `systemctl status` (STATUS=)."""
+        if self.billed is None:
+            return self.phase
+        unsent = sum(d.unsent for d in self.distributions.values())
+        flight = sum(d.ours.files + d.ours.wildcards for d in self.distributions.values())
+        text = f"{unsent} paths pending, {flight} in flight"
+        if not self.healthy:
+            text += "; unhealthy: " + "; ".join(self.reasons)
+        return text
+
+    def set_gauges(self, metrics: Metrics) -> None:
+        metrics.healthy.set(1 if self.healthy else 0)
+        for name, why in self.sources.items():
+            metrics.source_healthy.labels(name).set(0 if why else 1)
+        if self.billed is None:
+            return
+        for name, d in self.distributions.items():
+            metrics.pending.labels(name).set(d.unsent)
+            age = max(0.0, self.at - d.oldest) if d.oldest is not None else 0
+            metrics.oldest_pending.labels(name).set(age)
+            flight = d.ours + d.external
+            metrics.in_flight.labels(name, "file").set(flight.files)
+            metrics.in_flight.labels(name, "wildcard").set(flight.wildcards)
+            metrics.distribution_healthy.labels(name).set(0 if d.problem else 1)
+        metrics.set_billed(self.billed)
+
+
+class _SubmitterView(Protocol):
+    def problems(self) -> dict[str, str]: ...
+
+    def external(self, name: str) -> InFlight: ...
+
+
+def collect_status(
+    *,
+    phase: str,
+    now: float,
+    sources: Mapping[str, Source],
+    distributions: Sequence[str],
+    cloudfront: WatchedCloudFront,
+    submitter: _SubmitterView | None,
+    journal: Journal | None,
+) -> StatusReport:
+    """Read the daemon's state once. Each journal read is one query (`unsent_summary`,
+    `in_flight_summary`, `billed_this_month`), whatever the number of distributions."""
+    source_problems = {name: source.problem() for name, source in sources.items()}
+    cf_problems = cloudfront.problems()
+    sub_problems = submitter.problems() if submitter is not None else {}
+    if journal is None:
+        return StatusReport(now, phase, source_problems, {}, None)
+    try:
+        unsent = journal.unsent_summary()
+        ours = journal.in_flight_summary()
+        billed = journal.billed_this_month(now)
+    except InvalidatordError:  # closed under us by a stop: no answer
+        return StatusReport(now, phase, source_problems, {}, None)
+    out: dict[str, DistributionStatus] = {}
+    for name in distributions:
+        count, oldest = unsent.get(name, (0, None))
+        out[name] = DistributionStatus(
+            problem=cf_problems.get(name) or sub_problems.get(name),
+            unsent=count,
+            oldest=oldest if count else None,
+            ours=ours.get(name, InFlight()),
+            external=submitter.external(name) if submitter is not None else InFlight(),
+        )
+    return StatusReport(now, phase, source_problems, out, billed)
 
 
 # ---- CloudFront, watched ------------------------------------------------------------------------

@@ -262,6 +262,22 @@ class Journal:
         )
         return {str(d): (int(n), float(t)) for d, n, t in rows}
 
+    def unsent_summary(self) -> dict[str, tuple[int, float]]:
+        """distribution -> (paths accepted and not yet submitted, first_seen of the oldest).
+        Counts the paths of planned batches as well as queued ones: while CloudFront refuses
+        or is unreachable, the paths wait in a planned batch, and to a reader they are as
+        unsent as the queued ones. One read, for /healthz, the gauges, STATUS= and `status`."""
+        rows = self._read(
+            "SELECT distribution, sum(n), min(t) FROM ("
+            " SELECT distribution, count(*) AS n, min(first_seen) AS t FROM pending"
+            " GROUP BY distribution"
+            " UNION ALL"
+            " SELECT distribution, files + wildcards, first_seen FROM batches WHERE state = ?"
+            ") GROUP BY distribution",
+            (PLANNED,),
+        )
+        return {str(d): (int(n), float(t)) for d, n, t in rows if n}
+
     def pending_count(self) -> int:
         return int(self._read("SELECT count(*) FROM pending")[0][0])
 
@@ -448,6 +464,15 @@ class Journal:
             (SUBMITTED, distribution),
         )[0]
         return InFlight(int(row[0]), int(row[1]))
+
+    def in_flight_summary(self) -> dict[str, InFlight]:
+        """distribution -> `in_flight(distribution)`, every distribution in one read."""
+        rows = self._read(
+            "SELECT distribution, sum(files), sum(wildcards) FROM batches WHERE state = ? "
+            "GROUP BY distribution",
+            (SUBMITTED,),
+        )
+        return {str(d): InFlight(int(f), int(w)) for d, f, w in rows}
 
     def known_invalidation_ids(self, distribution: str) -> set[str]:
         rows = self._read(
