@@ -34,6 +34,11 @@ class Source(Protocol):
         """True while the source is watching/receiving as configured."""
         ...
 
+    def problem(self) -> str | None:
+        """None while healthy; else one line saying what it cannot see and why (/healthz,
+        STATUS=). Never raises, never blocks for long."""
+        ...
+
     def acknowledge(self, receipts: Sequence[str]) -> None:
         """Called after the changes carrying these receipts are committed to the journal.
         Sources without receipts ignore it."""

@@ -19,7 +19,8 @@ from invalidatord.config import FilesystemSourceConfig, load_config
 from invalidatord.emulator import CloudFrontEmulator
 from invalidatord.errors import SourceError
 from invalidatord.model import ChangeKind
-from invalidatord.sources.filesystem import FilesystemSource, prespawn_watchers
+from invalidatord.sources import registry
+from invalidatord.sources.filesystem import FilesystemSource
 from invalidatord.sources.watcher import (
     OVERFLOW_LOGGER,
     OVERFLOW_MESSAGE,
@@ -184,7 +185,7 @@ def _children(pid: int | None = None) -> set[int]:
 
 
 def test_a_prespawned_watcher_is_adopted_by_its_source(tmp_path: Path) -> None:
-    """`prespawn_watchers` (the CLI calls it before importing the daemon) starts the child
+    """`registry.prespawn` (the CLI calls it before importing the daemon) starts the child
     early; the source with the same settings adopts that very process instead of starting a
     second one, and changes flow through it."""
     root = tmp_path / "www"
@@ -193,7 +194,7 @@ def test_a_prespawned_watcher_is_adopted_by_its_source(tmp_path: Path) -> None:
         write_config(tmp_path, root=root, endpoint="http://127.0.0.1:9", distribution_id="E1")
     )
     before = _children()
-    prespawn_watchers(config.sources)
+    registry.prespawn(config.sources)
     early = _children() - before
     assert len(early) == 1
     sink = Collector()

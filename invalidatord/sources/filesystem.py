@@ -27,12 +27,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pathspec
 import structlog
 
-from invalidatord.config import FilesystemSourceConfig, SourceConfig
 from invalidatord.contracts import ChangeSink
 from invalidatord.errors import SourceError
 from invalidatord.model import DEFAULT_IGNORE, Change, ChangeKind, FileStat
@@ -45,8 +44,10 @@ from invalidatord.sources.watcher import (
     WatchProcess,
     WatchSettings,
     describe,
-    prespawn,
 )
+
+if TYPE_CHECKING:
+    from invalidatord.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
@@ -82,7 +83,9 @@ class FilesystemSource(WatchEvents):
         poll_interval: float = 5.0,
         separate_process: bool = True,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
+        """`metrics`: where its overflows and watcher restarts are counted as they happen."""
         if watcher not in ("auto", "inotify", "polling"):
             raise SourceError(
                 name, f"unknown watcher {watcher!r} (expected auto, inotify or polling)"
@@ -105,6 +108,7 @@ class FilesystemSource(WatchEvents):
         self.watching_since_ns = 0
         self._sink = sink
         self._clock = clock
+        self._metrics = metrics
         try:
             spec = pathspec.GitIgnoreSpec.from_lines(self.ignore)
         except (ValueError, TypeError) as exc:
@@ -165,6 +169,16 @@ class FilesystemSource(WatchEvents):
         when the root is deleted)."""
         watch = self._watch
         return watch is not None and watch.healthy
+
+    def problem(self) -> str | None:
+        """Why it is not watching all of its root, or None while it is."""
+        if self.healthy:
+            return None
+        if not os.path.isdir(self._root_str):
+            return f"not watching: root {self._root_str} is gone"
+        if self._watch is None:
+            return "not watching (not started or stopped)"
+        return "not watching: the watcher stopped"
 
     @property
     def watcher_pid(self) -> int | None:
@@ -325,6 +339,8 @@ class FilesystemSource(WatchEvents):
         if not self._delivering:
             return
         self.overflows += 1
+        if self._metrics is not None:
+            self._metrics.overflows.labels(self.name).inc()
         log.warning(
             "watcher_overflow", source=self.name, root=self._root_str, overflows=self.overflows
         )
@@ -338,6 +354,8 @@ class FilesystemSource(WatchEvents):
         whole tree, since whatever changed in between was not seen. Retried with a growing
         delay while it cannot start; the source is unhealthy meanwhile."""
         self.watcher_restarts += 1
+        if self._metrics is not None:
+            self._metrics.watcher_restarts.labels(self.name).inc()
         log.error("watcher_process_ended", source=self.name, root=self._root_str, reason=reason)
         threading.Thread(target=self._restart, name=f"restart-{self.name}", daemon=True).start()
 
@@ -361,12 +379,3 @@ class FilesystemSource(WatchEvents):
                     return
             time.sleep(delay)
             delay = min(60.0, delay * 2)
-
-
-def prespawn_watchers(sources: Sequence[SourceConfig]) -> None:
-    """Start the watcher process of every filesystem source in `sources` that runs one,
-    ahead of the daemon's start (see `watcher.prespawn`)."""
-    for s in sources:
-        if isinstance(s, FilesystemSourceConfig) and s.watcher_process:
-            root = os.path.realpath(s.root)
-            prespawn(WatchSettings(s.name, root, tuple(s.ignore), s.watcher, s.poll_interval))

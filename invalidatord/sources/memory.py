@@ -44,6 +44,9 @@ class MemorySource:
     def healthy(self) -> bool:
         return self._running
 
+    def problem(self) -> str | None:
+        return None if self._running else "not watching (not started or stopped)"
+
     def acknowledge(self, receipts: Sequence[str]) -> None:
         with self._lock:
             self.acknowledged.extend(receipts)

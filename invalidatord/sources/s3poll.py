@@ -172,6 +172,15 @@ class S3PollSource:
         with self._lock:
             return self._started and not self._stopped and self._failures == 0
 
+    def problem(self) -> str | None:
+        """Why it is not listing, or None while it is."""
+        with self._lock:
+            if not self._started or self._stopped:
+                return "not listing (not started or stopped)"
+            if self._failures:
+                return f"not listing: listings of s3://{self.bucket}/{self.prefix} keep failing"
+        return None
+
     def start(self) -> None:
         """Check that the bucket can be listed, then poll in the background, at once (the
         first poll records the baseline if there is none). Raises `SourceError` if the bucket

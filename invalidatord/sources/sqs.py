@@ -233,6 +233,15 @@ class SqsSource:
         with self._lock:
             return self._started and not self._stopped and self._failures < UNHEALTHY_AFTER_FAILURES
 
+    def problem(self) -> str | None:
+        """Why it is not receiving, or None while it is."""
+        with self._lock:
+            if not self._started or self._stopped:
+                return "not receiving (not started or stopped)"
+            if self._failures >= UNHEALTHY_AFTER_FAILURES:
+                return f"not receiving: SQS calls to {self.queue_url} keep failing"
+        return None
+
     def acknowledge(self, receipts: Sequence[str]) -> None:
         """The changes carrying `receipts` are committed. Deletes each message all of whose
         receipts (of one delivery) are now acknowledged: in the background while running, at
