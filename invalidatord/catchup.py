@@ -9,13 +9,61 @@ was stopped (or while inotify overflowed) are invalidated and unchanged files ar
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
 
+from invalidatord.contracts import ChangeSink, TreeScanner
 from invalidatord.model import Change, ChangeKind, FileStat
 
 _CREATED = ChangeKind.CREATED
 _MODIFIED = ChangeKind.MODIFIED
 _DELETED = ChangeKind.DELETED
+
+
+#: How far a file's ctime may lag the wall clock (the kernel stamps files with a coarse
+#: clock, one tick behind at most: 10 ms at HZ=100).
+CTIME_SLACK_NS = 20_000_000
+
+
+class BaselineStore(Protocol):
+    """The part of the journal a first start writes."""
+
+    def record_baseline(self, source: str, entries: Iterable[tuple[str, FileStat]]) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Baseline:
+    files: int  # files recorded
+    changed_since_watching: int  # of which reported as changed (see `record_baseline`)
+
+
+def record_baseline(
+    store: BaselineStore, scanner: TreeScanner, sink: ChangeSink, clock: Callable[[], float]
+) -> Baseline:
+    """The first start of a tree source: remember the tree, invalidate nothing, except the files
+    changed since the watch began.
+
+    Their changes are queued by the watch too, but an inotify overflow before the scan reached
+    them would lose those events while the baseline already holds the new state, and the
+    overflow's rescan would find nothing: so the baseline itself reports them, by their ctime
+    (which nothing can set back), as CREATED changes through `sink`."""
+    since = scanner.watching_since_ns
+    # a file's timestamps come from the kernel's coarse clock, up to a tick behind
+    since = since - CTIME_SLACK_NS if since else 0
+    recent: list[str] = []
+
+    def entries() -> Iterator[tuple[str, FileStat]]:
+        for path, st in scanner.scan(""):
+            if since and st.ctime_ns >= since:
+                recent.append(path)
+            yield path, st
+
+    count = store.record_baseline(scanner.name, entries())
+    now = clock()
+    for path in recent:
+        sink(Change(scanner.name, path, _CREATED, now))
+    return Baseline(count, len(recent))
 
 
 def path_key(path: str) -> bytes:

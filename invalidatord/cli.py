@@ -123,10 +123,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _map(cfg, args.source, args.paths)
     logs.configure(cfg.log.format, cfg.log.level)
     if command == "run":
-        from invalidatord.sources.filesystem import prespawn_watchers
+        from invalidatord.sources import registry
 
         # the watchers add their watches on the other core while the rest is imported
-        prespawn_watchers(cfg.sources)
+        registry.prespawn(cfg.sources)
         from invalidatord import daemon
 
         return daemon.run(cfg, dry_run=args.dry_run, reload=lambda: load_config(path))
@@ -333,17 +333,12 @@ def _status(cfg: Config) -> int:
         if not running:
             lock.release()
         print(f"daemon: {'running' if running else 'not running'} (state_dir {cfg.state_dir})")
-        summary = journal.pending_summary()
-        planned = journal.batches(PLANNED)
+        # Paths in a planned batch are not sent yet either (CloudFront refused or could not be
+        # reached): to the reader they are as pending as the queued ones.
+        summary = journal.unsent_summary()
         print("\ndistribution   id                 pending  oldest  in flight (files/wildcards)")
         for name, dist in cfg.distributions.items():
             count, oldest = summary.get(name, (0, now))
-            # Paths in a planned batch are not sent yet either (CloudFront refused or could not
-            # be reached): to the reader they are as pending as the queued ones.
-            for b in planned:
-                if b.distribution == name:
-                    count += len(b.paths)
-                    oldest = min(oldest, b.first_seen)
             flight = journal.in_flight(name)
             print(
                 f"{name:<14} {dist.id:<18} {count:>7}  {_age(now - oldest) if count else '-':>6}"

@@ -17,12 +17,44 @@ Start-up order (each step only once the previous one holds):
 Shutdown order (SIGTERM/SIGINT), stated because it is what makes "nothing lost" true:
   1. STOPPING=1, health 503;
   2. sources stopped, so nothing new arrives;
-  3. pipeline stopped and everything queued or debouncing accepted into the journal;
-  4. submitter drains what is pending, bounded by `shutdown_timeout` (a CloudFront call still
+  3. scheduler stopped (waiting for a job still running), since it produces work too: a
+     safety-net rescan must not reach a stopped pipeline, nor a status poll run beside the
+     drain;
+  4. pipeline stopped and everything queued or debouncing accepted into the journal;
+  5. submitter drains what is pending, bounded by `shutdown_timeout` (a CloudFront call still
      running at the deadline is abandoned: its batch is journaled with its CallerReference, so
      the next start resubmits it without creating a second invalidation); the rest stays
      journaled;
-  5. scheduler, health endpoint, journal closed.
+  6. health endpoint, journal closed.
+
+Threads and processes, what each owns (is the only writer of), and how each stops:
+
+  thread / process     owns                                 stops
+  -------------------  -----------------------------------  ---------------------------------
+  main                 the Daemon; signals; start, stop     `run` returns
+                       and reload order
+  watcher process      watchdog's watch of one root         stdin closed by source.stop()
+    (a child, one per  (inotify or polling), in its own     (SIGKILL after 10 s)
+    filesystem source) process
+  watcher reader /     nothing shared: delivers changes     source.stop() joins it
+    watchdog observer  to the pipeline through the sink
+  sqs receivers and    their messages in flight and the     source.stop() joins them
+    keeper; s3-poll    receipts; the S3 index (through
+    poller             the journal)
+  pipeline             the debouncer; the fs index and      pipeline.stop(): accepts what is
+                       pending rows (journal writes)        queued, then joins
+  submitter            every DistributionState (backoff,    submitter.stop() joins it
+                       others' in flight); batches
+                       (planned -> submitted -> completed)
+  drain (stop only)    the submitter's work once the        `shutdown_timeout`, then abandoned
+                       submitter thread has ended
+  scheduler and its    nothing: jobs only ask               scheduler.shutdown(wait=True),
+    2 job threads      (`Submitter.request`, a RESCAN       right after the sources
+                       change, a status tick)
+  http (one a request) nothing: reads a `StatusReport`      close() at stop
+
+  The journal is shared: SQLite in WAL mode, writes serialised by the journal's own lock,
+  reads on a connection of their own.
 
 Reload (SIGHUP): the new config is loaded first; if it does not load, its problems are logged
 (`reload_rejected`, the lines `check` prints) and the old daemon keeps running untouched.
@@ -34,28 +66,20 @@ endpoint. If the new one cannot start, the old config is started again.
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
 import functools
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import structlog
-from apscheduler.executors.pool import BasePoolExecutor
+from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from invalidatord import logs, systemd
-from invalidatord.config import (
-    Config,
-    FilesystemSourceConfig,
-    S3PollSourceConfig,
-    SqsSourceConfig,
-    config_warnings,
-)
+from invalidatord import catchup, logs, systemd
+from invalidatord.config import Config, config_warnings
 from invalidatord.contracts import CloudFront, Source, TreeScanner
 from invalidatord.errors import AccessProblem, InvalidatordError, JournalError, SinkError
 from invalidatord.factory import (
@@ -66,19 +90,15 @@ from invalidatord.factory import (
     open_journal,
     submitter_for,
 )
-from invalidatord.health import StatusServer, WatchedCloudFront
-from invalidatord.journal import PLANNED, Journal
+from invalidatord.health import StatusReport, StatusServer, WatchedCloudFront, collect_status
+from invalidatord.journal import Journal
 from invalidatord.metrics import Metrics
-from invalidatord.model import Change, ChangeKind, FileStat
+from invalidatord.model import Change, ChangeKind
 from invalidatord.pipeline import DebounceSettings, Pipeline
-from invalidatord.sources.filesystem import FilesystemSource
+from invalidatord.sources import registry
 from invalidatord.submitter import Submitter
 
 log = structlog.get_logger(__name__)
-
-#: How far a file's ctime may lag the wall clock (the kernel stamps files with a coarse
-#: clock, one tick behind at most: 10 ms at HZ=100).
-_CTIME_SLACK_NS = 20_000_000
 
 #: How often each distribution is asked a cheap ListInvalidations (at most; never more often
 #: than `invalidation.reconcile_interval`), so /healthz notices CloudFront refusing or
@@ -86,39 +106,12 @@ _CTIME_SLACK_NS = 20_000_000
 PROBE_INTERVAL = 30.0
 #: How often the gauges are refreshed and STATUS= is sent to systemd (also at every scrape).
 GAUGE_INTERVAL = 5.0
+#: How old a StatusReport /healthz may answer from (a tick collects one every GAUGE_INTERVAL).
+REPORT_MAX_AGE = 1.0
+#: Threads running scheduled jobs: each job only asks or reads, so two are plenty.
+JOB_THREADS = 2
 
-T = TypeVar("T")
 Phase = Literal["starting", "ready", "reloading", "stopping", "stopped"]
-
-
-# ---- scheduled jobs on daemon threads -----------------------------------------------------------
-
-
-class _DaemonThreadPool(concurrent.futures.Executor):
-    """Runs each job on a new daemon thread. concurrent.futures' pool joins its (non-daemon)
-    workers when the interpreter exits, so one status poll stuck in a CloudFront call (a read
-    timeout of 30 s, three attempts) would hold the exit well past `shutdown_timeout`."""
-
-    def submit(
-        self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
-    ) -> concurrent.futures.Future[T]:
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-        def run() -> None:
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                future.set_result(fn(*args, **kwargs))
-            except BaseException as exc:  # noqa: BLE001 - the future hands it to APScheduler
-                future.set_exception(exc)
-
-        threading.Thread(target=run, name="job", daemon=True).start()
-        return future
-
-
-class _DaemonThreadExecutor(BasePoolExecutor):  # type: ignore[misc]
-    def __init__(self) -> None:
-        super().__init__(_DaemonThreadPool())
 
 
 # ---- the daemon -----------------------------------------------------------------------------
@@ -158,8 +151,8 @@ class Daemon:
         self.submitter: Submitter | None = None
         self.scheduler: BackgroundScheduler | None = None
         self.http = http
-        self._watcher_counts_seen: dict[str, int] = {}
-        self._watcher_counts_lock = threading.Lock()
+        self._report: StatusReport | None = None
+        self._report_lock = threading.Lock()
         self._started = False
         self._stopped = False
 
@@ -202,8 +195,9 @@ class Daemon:
         self.submitter.wake()
         self.phase = "ready"
         self.ready.set()
-        self.refresh_gauges()
-        self.notifier.ready(self.status_text())
+        report = self.status_report(max_age=0)
+        report.set_gauges(self.metrics)
+        self.notifier.ready(report.text())
         log.info(
             "daemon_ready",
             sources=list(self.sources),
@@ -222,7 +216,7 @@ class Daemon:
         self.metrics.declare(
             distributions=cfg.distributions,
             sources=[s.name for s in cfg.sources],
-            tree_sources=[s.name for s in cfg.sources if isinstance(s, FilesystemSourceConfig)],
+            tree_sources=registry.tree_sources(cfg.sources),
         )
 
     def _preflight(self) -> None:
@@ -259,83 +253,22 @@ class Daemon:
                 )
 
     def _build_sources(self) -> None:
-        for scfg in self.cfg.sources:
-            if isinstance(scfg, FilesystemSourceConfig):
-                fs = FilesystemSource(
-                    scfg.name,
-                    Path(scfg.root),
-                    self._sink,
-                    ignore=scfg.ignore,
-                    watcher=scfg.watcher,
-                    poll_interval=scfg.poll_interval,
-                    separate_process=scfg.watcher_process,
-                )
-                self.sources[scfg.name] = fs
-                self.scanners[scfg.name] = fs
-            elif isinstance(scfg, SqsSourceConfig):
-                self.sources[scfg.name] = self._sqs_source(scfg)
-            elif isinstance(scfg, S3PollSourceConfig):
-                self.sources[scfg.name] = self._s3_poll_source(scfg)
-            else:  # a new source type in the config that nothing builds would watch nothing
-                raise InvalidatordError(f"source {scfg.name!r}: unsupported type {scfg.type!r}")
-
-    def _sqs_source(self, scfg: SqsSourceConfig) -> Source:
-        from invalidatord.sources.sqs import SqsSource
-
-        client = client_for(self.cfg, "sqs")
-        return SqsSource(
-            scfg.name,
-            self._sink,
-            client,
-            queue_url=scfg.queue_url,
-            bucket=scfg.bucket,
-            prefix=scfg.prefix,
-            wait_time=scfg.wait_time,
-            visibility_timeout=scfg.visibility_timeout,
-            receivers=scfg.receivers,
-        )
-
-    def _s3_poll_source(self, scfg: S3PollSourceConfig) -> Source:
-        from invalidatord.sources.s3poll import S3PollSource
-
         assert self.journal is not None
-        client = client_for(self.cfg, "s3")
-        return S3PollSource(
-            scfg.name,
-            self._sink,
-            client,
-            self.journal,  # its index of ETags lives in the journal
-            bucket=scfg.bucket,
-            prefix=scfg.prefix,
-            interval=scfg.interval,
+        context = registry.BuildContext(
+            sink=self._sink,
+            journal=self.journal,
+            metrics=self.metrics,
+            client=functools.partial(client_for, self.cfg),
         )
+        for scfg in self.cfg.sources:
+            source = registry.build(scfg, context)
+            self.sources[scfg.name] = source
+            if registry.source_type(scfg).tree:
+                self.scanners[scfg.name] = source  # type: ignore[assignment]
 
     def _sink(self, change: Change) -> None:
         assert self.pipeline is not None
-        if change.kind is ChangeKind.RESCAN and not change.path:
-            # an overflow (or the root itself moved or deleted): count it now, not at the
-            # next scrape, so the counter moves with the rescan it causes
-            self._count_watcher_events()
         self.pipeline.sink(change)
-
-    def _count_watcher_events(self) -> None:
-        """Add each filesystem source's new overflows and watcher restarts (its own counts)
-        to the counters. A RESCAN of the whole tree is not an overflow by itself: start-up
-        catch-up and the periodic safety net send one too."""
-        with self._watcher_counts_lock:
-            for name, source in self.sources.items():
-                for attribute, counter in (
-                    ("overflows", self.metrics.overflows),
-                    ("watcher_restarts", self.metrics.watcher_restarts),
-                ):
-                    count = getattr(source, attribute, None)
-                    if not isinstance(count, int):
-                        continue
-                    key = f"{attribute}:{name}"
-                    new = count - self._watcher_counts_seen.get(key, 0)
-                    if new > 0:
-                        counter.labels(name).inc(new)
-                        self._watcher_counts_seen[key] = count
 
     def _catch_up(self) -> list[Callable[[], None]]:
         """Queue each filesystem source's start-up work; returns the first-start baselines,
@@ -353,52 +286,38 @@ class Daemon:
         return baselines
 
     def _record_baseline(self, name: str, scanner: TreeScanner) -> None:
-        """The first start: remember the tree, invalidate nothing, except the files changed
-        since the watch began. Their changes are queued too, but an inotify overflow before
-        the scan reached them would lose those events while the baseline already holds the
-        new state, and the overflow's rescan would find nothing: so the baseline itself
-        reports them (their ctime, which nothing can set back)."""
+        """The first start (`catchup.record_baseline` says what it does)."""
         assert self.journal is not None
         assert self.pipeline is not None
         started = time.monotonic()
-        since = scanner.watching_since_ns
-        # a file's timestamps come from the kernel's coarse clock, up to a tick behind
-        since = since - _CTIME_SLACK_NS if since else 0
-        recent: list[str] = []
-
-        def entries() -> Iterator[tuple[str, FileStat]]:
-            for path, st in scanner.scan(""):
-                if since and st.ctime_ns >= since:
-                    recent.append(path)
-                yield path, st
-
-        count = self.journal.record_baseline(name, entries())
-        now = time.time()
-        for path in recent:
-            self.pipeline.sink(Change(name, path, ChangeKind.CREATED, now))
+        baseline = catchup.record_baseline(self.journal, scanner, self.pipeline.sink, time.time)
         log.info(
             "baseline_recorded",
             source=name,
-            files=count,
-            changed_since_watching=len(recent),
+            files=baseline.files,
+            changed_since_watching=baseline.changed_since_watching,
             seconds=round(time.monotonic() - started, 3),
         )
 
     def _start_scheduler(self) -> None:
-        assert self.submitter is not None
+        submitter = self.submitter
+        assert submitter is not None
         inv = self.cfg.invalidation
         scheduler = BackgroundScheduler(
-            executors={"default": _DaemonThreadExecutor()},
+            executors={"default": ThreadPoolExecutor(JOB_THREADS)},
             job_defaults={"coalesce": True, "max_instances": 1},
         )
-        scheduler.add_job(self.submitter.poll_status, "interval", seconds=inv.poll_interval)
-        scheduler.add_job(self.submitter.reconcile, "interval", seconds=inv.reconcile_interval)
-        scheduler.add_job(self.submitter.reconcile)  # once, now
+        # CloudFront is called on the submitter's thread only: the jobs ask it to.
+        scheduler.add_job(submitter.request, "interval", ["poll"], seconds=inv.poll_interval)
+        scheduler.add_job(
+            submitter.request, "interval", ["reconcile"], seconds=inv.reconcile_interval
+        )
+        submitter.request("reconcile")  # once, now
         probe_every = min(PROBE_INTERVAL, inv.reconcile_interval)
-        scheduler.add_job(self._probe, "interval", seconds=probe_every)
+        scheduler.add_job(submitter.request, "interval", ["probe"], seconds=probe_every)
         for scfg in self.cfg.sources:
-            interval = getattr(scfg, "rescan_interval", None)
-            if isinstance(scfg, FilesystemSourceConfig) and interval:
+            interval = registry.source_type(scfg).rescan_interval(scfg)
+            if interval and scfg.name in self.scanners:
                 scheduler.add_job(
                     self._rescan, "interval", seconds=interval, args=[scfg.name], id=scfg.name
                 )
@@ -410,133 +329,43 @@ class Daemon:
         assert self.pipeline is not None
         self.pipeline.sink(Change(source, "", ChangeKind.RESCAN, time.time()))
 
-    def _probe(self) -> None:
-        """Ask each distribution a cheap ListInvalidations, so health notices CloudFront
-        refusing or unreachable while nothing is being submitted (`self.cloudfront` remembers
-        the outcome and logs the changes of state)."""
-        for dist in self.cfg.distributions.values():
-            with contextlib.suppress(SinkError):
-                self.cloudfront.check_distribution(dist.id)
-
     # ---- health, metrics, systemd --------------------------------------------------------------
+
+    def status_report(self, max_age: float = REPORT_MAX_AGE) -> StatusReport:
+        """The latest `StatusReport`, collected anew when older than `max_age` seconds."""
+        with self._report_lock:
+            report = self._report
+            now = time.time()
+            if report is None or now - report.at >= max_age or report.phase != self.phase:
+                report = collect_status(
+                    phase=self.phase,
+                    now=now,
+                    sources=self.sources,
+                    distributions=list(self.cfg.distributions),
+                    cloudfront=self.cloudfront,
+                    submitter=self.submitter,
+                    journal=None if self._stopped else self.journal,
+                )
+                self._report = report
+            return report
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """(healthy, the JSON body of /healthz)."""
-        reasons: list[str] = []
-        if self.phase != "ready":
-            reasons.append(self.phase)
-        sources: dict[str, str] = {}
-        for name, source in self.sources.items():
-            if source.healthy:
-                sources[name] = "ok"
-            else:
-                sources[name] = self._source_problem(name)
-                reasons.append(f"source {name!r}: {sources[name]}")
-        distributions: dict[str, str] = {}
-        cf_problems = self.cloudfront.problems()
-        sub_problems = self.submitter.problems() if self.submitter is not None else {}
-        for name in self.cfg.distributions:
-            why = cf_problems.get(name) or sub_problems.get(name)
-            distributions[name] = why or "ok"
-            if why:
-                reasons.append(f"distribution {name!r}: {why}")
-        body: dict[str, Any] = {
-            "status": "ok" if not reasons else "unavailable",
-            "phase": self.phase,
-        }
-        if reasons:
-            body["reasons"] = reasons
-        body["sources"] = sources
-        body["distributions"] = distributions
-        pending = self._pending()
-        if pending is not None:
-            body["pending"] = sum(count for count, _ in pending.values())
-        return not reasons, body
-
-    def _source_problem(self, name: str) -> str:
-        scfg = self.cfg.source(name)
-        if isinstance(scfg, FilesystemSourceConfig) and not Path(scfg.root).is_dir():
-            return f"not watching: root {scfg.root} is gone"
-        if self.phase in ("starting", "stopping", "stopped"):
-            return f"not watching ({self.phase})"
-        if isinstance(scfg, SqsSourceConfig):
-            return f"not receiving: SQS calls to {scfg.queue_url} keep failing"
-        if isinstance(scfg, S3PollSourceConfig):
-            return f"not listing: listings of s3://{scfg.bucket}/{scfg.prefix} keep failing"
-        return "not watching"
-
-    def _pending(self) -> dict[str, tuple[int, float | None]] | None:
-        """distribution -> (paths accepted and not yet submitted, first_seen of the oldest).
-        Counts the paths of batches still being sent as well as queued ones: while CloudFront
-        refuses or is unreachable, the paths wait in a planned batch."""
-        journal = self.journal
-        if journal is None or self._stopped:
-            return None
-        try:
-            summary = journal.pending_summary()
-            planned = journal.batches(PLANNED)
-        except InvalidatordError:  # closed under us by a stop: no answer
-            return None
-        out: dict[str, tuple[int, float | None]] = {}
-        for name in self.cfg.distributions:
-            count, oldest = summary.get(name, (0, None))
-            for record in planned:
-                if record.distribution == name:
-                    count += len(record.paths)
-                    oldest = record.first_seen if oldest is None else min(oldest, record.first_seen)
-            out[name] = (count, oldest if count else None)
-        return out
+        report = self.status_report()
+        return report.healthy, report.body()
 
     def refresh_gauges(self) -> None:
-        """Set every gauge from the journal, the submitter and the sources (at each scrape)."""
-        journal, submitter = self.journal, self.submitter
-        pending = self._pending()
-        if journal is None or submitter is None or pending is None:
-            return
-        now = time.time()
-        try:
-            for name in self.cfg.distributions:
-                count, oldest = pending[name]
-                self.metrics.pending.labels(name).set(count)
-                self.metrics.oldest_pending.labels(name).set(
-                    max(0.0, now - oldest) if oldest is not None else 0
-                )
-                flight = journal.in_flight(name) + submitter.states[name].external
-                self.metrics.in_flight.labels(name, "file").set(flight.files)
-                self.metrics.in_flight.labels(name, "wildcard").set(flight.wildcards)
-            self.metrics.set_billed(journal.billed_this_month())
-        except InvalidatordError:
-            return
-        self._count_watcher_events()
-        ok, body = self.health()
-        self.metrics.healthy.set(1 if ok else 0)
-        for name, state in body["sources"].items():
-            self.metrics.source_healthy.labels(name).set(1 if state == "ok" else 0)
-        for name, state in body["distributions"].items():
-            self.metrics.distribution_healthy.labels(name).set(1 if state == "ok" else 0)
+        """Set every gauge from a fresh report (at each scrape and each tick)."""
+        self.status_report(max_age=0).set_gauges(self.metrics)
 
     def _tick(self) -> None:
-        self.refresh_gauges()
-        self.notifier.status(self.status_text())
+        report = self.status_report(max_age=0)
+        report.set_gauges(self.metrics)
+        self.notifier.status(report.text())
 
     def status_text(self) -> str:
         """One line for `systemctl status`."""
-        pending = self._pending()
-        journal = self.journal
-        if pending is None or journal is None:
-            return self.phase
-        try:
-            flight = sum(
-                journal.in_flight(n).files + journal.in_flight(n).wildcards
-                for n in self.cfg.distributions
-            )
-        except InvalidatordError:
-            return self.phase
-        text = f"{sum(c for c, _ in pending.values())} paths pending, {flight} in flight"
-        ok, body = self.health()
-        if not ok:
-            text += "; unhealthy: " + "; ".join(body.get("reasons", []))
-        return text
+        return self.status_report().text()
 
     def _heartbeat(self) -> None:
         """Called by the pipeline loop each turn: a wedged pipeline stops the watchdog pings.
@@ -587,11 +416,13 @@ class Daemon:
                 source.stop()
             except Exception:  # one stuck source must not keep the others' work unjournaled
                 log.exception("source_stop_failed", source=source.name)
+        if self.scheduler is not None:
+            # Its jobs produce work (rescans) and requests: none may follow the pipeline's
+            # stop or race the drain. Each job only asks or reads, so the wait is short.
+            self.scheduler.shutdown(wait=True)
         if self.pipeline is not None:
             self.pipeline.stop()
         finished = self._stop_submitter(drain=drain and self._started)
-        if self.scheduler is not None:
-            self.scheduler.shutdown(wait=False)
         self._stopped = True
         if self.http is not None and not reloading:
             self.http.close()
@@ -622,7 +453,7 @@ class Daemon:
         worker.join(max(0.0, deadline - time.monotonic()) + 0.2)
         finished = not worker.is_alive()
         try:
-            kept = journal.pending_count() + sum(len(b.paths) for b in journal.batches(PLANNED))
+            kept = sum(count for count, _ in journal.unsent_summary().values())
         except InvalidatordError:
             kept = -1
         if not finished:

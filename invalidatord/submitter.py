@@ -14,15 +14,23 @@ handles every answer CloudFront can give without losing work:
 - A reused CallerReference with other paths: the batch gets a fresh reference.
 - AccessDenied, NoSuchDistribution, bad credentials: a clear error, health degraded, the work
   stays pending, retried after `max_backoff` (never a busy loop).
+
+Threads: the submitter's own thread is the only writer of its `DistributionState`s. Scheduled
+jobs do not poll or reconcile on their threads: they `request()` it, which sets a flag and
+wakes the submitter, which runs the request between two cycles. The public `poll_status`,
+`reconcile`, `probe`, `cycle` and `drain` take the submitter's lock, for callers without its
+thread (the CLI, the shutdown drain once the thread has stopped).
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 import structlog
 
@@ -45,6 +53,9 @@ log = structlog.get_logger(__name__)
 _FIRST_BACKOFF = 1.0
 #: how many pending paths the planner sees when it may collapse them into wildcards
 COLLAPSE_LOOKAHEAD = 50_000
+
+#: What a scheduled job may ask the submitter's thread to do on its next turn.
+Request = Literal["poll", "reconcile", "probe"]
 
 
 @dataclass
@@ -89,12 +100,32 @@ class Submitter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one cycle at a time (thread, shutdown drain, CLI)
+        self._requests: set[Request] = set()
+        self._requests_lock = threading.Lock()
         self.attempts = 0
 
     # ---- running -----------------------------------------------------------------------------
 
     def wake(self) -> None:
         self._wake.set()
+
+    def request(self, what: Request) -> None:
+        """Ask the submitter's thread to poll our invalidations' status, reconcile what others
+        have in flight, or probe each distribution, on its next turn (a scheduled job's way:
+        the submitter's state has one writer). Requests not yet run coalesce."""
+        with self._requests_lock:
+            self._requests.add(what)
+        self._wake.set()
+
+    def _run_requests(self) -> None:
+        with self._requests_lock:
+            asked, self._requests = self._requests, set()
+        if "poll" in asked:
+            self.poll_status()
+        if "reconcile" in asked:
+            self.reconcile()
+        if "probe" in asked:
+            self.probe()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="submitter", daemon=True)
@@ -113,6 +144,7 @@ class Submitter:
             if self._stop.is_set():
                 break
             try:
+                self._run_requests()
                 self.cycle()
             except Exception:  # keep submitting; the work is in the journal
                 log.exception("submitter_error")
@@ -126,8 +158,17 @@ class Submitter:
     def drain(self, deadline: float) -> bool:
         """Submit until nothing is pending or planned, or `deadline` (monotonic) passes, or
         every distribution with work left needs an operator (access, credentials): waiting
-        cannot help those. Returns True when everything was submitted."""
+        cannot help those. Returns True when everything was submitted.
+
+        Run once the submitter's thread has stopped (and the scheduler with it): it polls the
+        status of our invalidations itself, every `completion_wait`, so work waiting for one
+        of them to complete can still go."""
+        polled = time.monotonic()
         while time.monotonic() < deadline:
+            self._run_requests()
+            if time.monotonic() - polled >= self._completion_wait:
+                self.poll_status()
+                polled = time.monotonic()
             self.cycle(ignore_backoff=False)
             left = self._distributions_with_work()
             if not left:
@@ -314,7 +355,13 @@ class Submitter:
     # ---- tracking ----------------------------------------------------------------------------
 
     def poll_status(self) -> None:
-        """Ask CloudFront about each of our InProgress invalidations (a scheduled job)."""
+        """Ask CloudFront about each of our InProgress invalidations."""
+        with self._lock:
+            completed = self._poll_status()
+        if completed:
+            self.wake()
+
+    def _poll_status(self) -> int:
         completed = 0
         for record in self._journal.batches(SUBMITTED):
             state = self.states.get(record.distribution)
@@ -337,13 +384,27 @@ class Submitter:
                     seconds=round(took, 1),
                 )
                 state.not_before = min(state.not_before, self._clock())
-        if completed:
-            self.wake()
+        return completed
 
     def reconcile(self) -> None:
         """Learn what else is in flight on each distribution (people, other tools)."""
-        for state in self.states.values():
-            self._reconcile(state)
+        with self._lock:
+            for state in self.states.values():
+                self._reconcile(state)
+
+    def probe(self) -> None:
+        """Ask each distribution a cheap ListInvalidations, so health notices CloudFront
+        refusing or unreachable while nothing is being submitted (a `health.WatchedCloudFront`
+        remembers the outcome and logs the changes of state)."""
+        with self._lock:
+            for state in self.states.values():
+                with contextlib.suppress(SinkError):
+                    self._cf.check_distribution(state.id)
+
+    def external(self, name: str) -> InFlight:
+        """What others have in flight on the distribution, as last reconciled."""
+        state = self.states.get(name)
+        return state.external if state is not None else InFlight()
 
     def _reconcile(self, state: DistributionState) -> bool:
         """Learn what others have in flight on one distribution. False when CloudFront could
