@@ -58,6 +58,10 @@ Threads and processes, what each owns (is the only writer of), and how each stop
 
 Reload (SIGHUP): the new config is loaded first; if it does not load, its problems are logged
 (`reload_rejected`, the lines `check` prints) and the old daemon keeps running untouched.
+Then CloudFront is checked for the new config on a thread of its own while the old daemon
+keeps running (its pipeline keeps pinging systemd's watchdog, however slow CloudFront is); a
+refusal (AccessDenied, no such distribution) keeps the old config, a SIGTERM meanwhile wins.
+SIGHUPs that arrive during a reload coalesce into one more; a SIGTERM drops queued reloads.
 Otherwise the old daemon stops without STOPPING=1 and without draining (the new one resumes
 from the same journal; its start-up catch-up scan finds what changed in between), and a new one
 starts with the same metrics registry and, when `metrics.listen` is unchanged, the same HTTP
@@ -158,7 +162,9 @@ class Daemon:
 
     # ---- start -------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, *, preflight: bool = True) -> None:
+        """Start in the order of the module docstring. `preflight=False`: `preflight()` has
+        already been called (a reload checks CloudFront before it stops the old daemon)."""
         cfg = self.cfg
         if self._lock is not None and not self._lock.acquire():
             raise JournalError(
@@ -171,7 +177,8 @@ class Daemon:
         for warning in config_warnings(cfg):
             log.warning("config_warning", warning=warning)
         self.submitter = submitter_for(cfg, self.journal, self.cloudfront, self.metrics)
-        self._preflight()
+        if preflight:
+            self.preflight()
         self._build_sources()  # their sink is self._sink; nothing is delivered before start()
         self.pipeline = Pipeline(
             sources=self.sources,
@@ -219,7 +226,9 @@ class Daemon:
             tree_sources=registry.tree_sources(cfg.sources),
         )
 
-    def _preflight(self) -> None:
+    def preflight(self) -> None:
+        """Ask each distribution a cheap ListInvalidations. AccessProblem (denied, no such
+        distribution) raises, naming the distribution; an outage is logged and not fatal."""
         for name, dist in self.cfg.distributions.items():
             try:
                 self.cloudfront.check_distribution(dist.id)
@@ -474,6 +483,34 @@ class Daemon:
 # ---- the process ----------------------------------------------------------------------------
 
 
+class _Signals:
+    """The signals received and not yet handled, coalesced: 60 SIGHUPs queued while one reload
+    runs are one more reload, and a SIGTERM among them wins over every queued reload."""
+
+    STOP = frozenset({"SIGTERM", "SIGINT"})
+
+    def __init__(self) -> None:
+        self._pending: set[str] = set()
+        self._wake = threading.Event()
+
+    def handler(self, signum: int, _frame: object) -> None:
+        self._pending.add(signal.Signals(signum).name)
+        self._wake.set()
+
+    def wait(self, timeout: float | None = None) -> None:
+        self._wake.wait(timeout)
+        self._wake.clear()
+
+    def take(self) -> set[str]:
+        taken = set(self._pending)
+        self._pending.difference_update(taken)
+        return taken
+
+    @property
+    def stop_pending(self) -> bool:
+        return bool(self._pending & self.STOP)
+
+
 def run(
     cfg: Config,
     *,
@@ -484,15 +521,9 @@ def run(
     """Run until SIGTERM/SIGINT (then return 0). SIGHUP reloads the config through `reload`:
     a config that does not load is logged with the same messages `check` prints and the old
     one keeps running. Raises what a failed start raises (the CLI turns it into exit 1)."""
-    events: list[str] = []
-    wake = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        events.append(signal.Signals(signum).name)
-        wake.set()
-
+    signals = _Signals()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+        signal.signal(sig, signals.handler)
 
     daemon = Daemon(cfg, dry_run=dry_run)
     try:
@@ -503,21 +534,25 @@ def run(
     if on_ready is not None:
         on_ready(daemon)
     while True:
-        wake.wait()
-        wake.clear()
-        while events:
-            name = events.pop(0)
-            if name in ("SIGTERM", "SIGINT"):
-                log.info("signal_received", signal=name)
-                daemon.stop()
-                return 0
-            if name == "SIGHUP":
-                log.info("signal_received", signal=name)
-                if reload is not None:
-                    daemon = _reload(daemon, reload, dry_run)
+        signals.wait()
+        asked = signals.take()
+        stop = asked & signals.STOP
+        if stop:
+            log.info("signal_received", signal=sorted(stop)[0], reloads_dropped="SIGHUP" in asked)
+            daemon.stop()
+            return 0
+        if "SIGHUP" in asked:
+            log.info("signal_received", signal="SIGHUP")
+            if reload is not None:
+                daemon = _reload(daemon, reload, dry_run, signals)
 
 
-def _reload(daemon: Daemon, reload: Callable[[], Config], dry_run: bool) -> Daemon:
+def _reload(
+    daemon: Daemon, reload: Callable[[], Config], dry_run: bool, signals: _Signals
+) -> Daemon:
+    """Load the new config, check CloudFront for it while the old daemon keeps running (and
+    pinging systemd's watchdog from its pipeline), then swap. A SIGTERM while the check runs
+    abandons the reload: the main loop stops the old daemon."""
     daemon.notifier.reloading()
     old_cfg = daemon.cfg
     try:
@@ -529,19 +564,34 @@ def _reload(daemon: Daemon, reload: Callable[[], Config], dry_run: bool) -> Daem
         daemon.notifier.ready(daemon.status_text())
         return daemon
     log.info("reload_started")
+    fresh = Daemon(new_cfg, dry_run=dry_run, notifier=daemon.notifier, metrics=daemon.metrics)
+    checked: dict[str, InvalidatordError] = {}
+
+    def preflight() -> None:
+        try:
+            fresh.preflight()
+        except InvalidatordError as exc:
+            checked["error"] = exc
+
+    checker = threading.Thread(target=preflight, name="reload-preflight", daemon=True)
+    checker.start()
+    while checker.is_alive():
+        if signals.stop_pending:
+            log.warning("reload_abandoned", reason="stop requested while checking CloudFront")
+            return daemon
+        checker.join(0.2)
+    if "error" in checked:
+        log.error("reload_failed", error=str(checked["error"]))
+        log.warning("reload_kept_old_config")
+        daemon.notifier.ready(daemon.status_text())
+        return daemon
     if new_cfg.log != old_cfg.log:
         logs.configure(new_cfg.log.format, new_cfg.log.level)
     # Same journal: the next daemon resumes its pending work. Another one: drain this one's.
     daemon.stop(reloading=True, drain=new_cfg.state_dir != old_cfg.state_dir)
-    fresh = Daemon(
-        new_cfg,
-        dry_run=dry_run,
-        notifier=daemon.notifier,
-        metrics=daemon.metrics,
-        http=daemon.release_http(),
-    )
+    fresh.http = daemon.release_http()
     try:
-        fresh.start()
+        fresh.start(preflight=False)
     except InvalidatordError as exc:
         log.error("reload_failed", error=str(exc))
         fresh.stop(reloading=True, drain=False)
