@@ -344,6 +344,11 @@ def _status(cfg: Config) -> int:
                 f"{name:<14} {dist.id:<18} {count:>7}  {_age(now - oldest) if count else '-':>6}"
                 f"  {flight.files}/{flight.wildcards}"
             )
+        set_aside = journal.set_aside_summary()
+        if set_aside:
+            # never sent: CloudFront answered InvalidArgument (the log's path_rejected names each)
+            counts = ", ".join(f"{n}: {c} path(s)" for n, c in sorted(set_aside.items()))
+            print(f"\nset aside (CloudFront refused them; see path_rejected in the log): {counts}")
         recent = journal.recent(20)
         print("\nrecent invalidations")
         if not recent:

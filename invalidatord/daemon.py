@@ -354,6 +354,7 @@ class Daemon:
                     cloudfront=self.cloudfront,
                     submitter=self.submitter,
                     journal=None if self._stopped else self.journal,
+                    accept_problem=self.pipeline.accept_problem if self.pipeline else None,
                 )
                 self._report = report
             return report

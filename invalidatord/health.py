@@ -52,6 +52,7 @@ class DistributionStatus:
     oldest: float | None  # first_seen of the oldest unsent path
     ours: InFlight  # our invalidations in progress (from the journal)
     external: InFlight  # others' invalidations in progress (from ListInvalidations)
+    set_aside: int = 0  # paths CloudFront refused (InvalidArgument): never sent, kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +67,13 @@ class StatusReport:
     sources: Mapping[str, str | None]  # name -> why it is not watching, or None
     distributions: Mapping[str, DistributionStatus]
     billed: int | None
+    journal_problem: str | None = None  # accepted changes cannot be committed
 
     @property
     def reasons(self) -> list[str]:
         reasons = [] if self.phase == "ready" else [self.phase]
+        if self.journal_problem:
+            reasons.append(f"journal: {self.journal_problem}")
         reasons += [f"source {n!r}: {why}" for n, why in self.sources.items() if why]
         reasons += [
             f"distribution {n!r}: {d.problem}" for n, d in self.distributions.items() if d.problem
@@ -89,8 +93,10 @@ class StatusReport:
             body["reasons"] = reasons
         body["sources"] = {n: why or "ok" for n, why in self.sources.items()}
         body["distributions"] = {n: d.problem or "ok" for n, d in self.distributions.items()}
+        body["journal"] = self.journal_problem or "ok"
         if self.billed is not None:
             body["pending"] = sum(d.unsent for d in self.distributions.values())
+            body["set_aside"] = sum(d.set_aside for d in self.distributions.values())
         return body
 
     def text(self) -> str:
@@ -106,6 +112,7 @@ class StatusReport:
 
     def set_gauges(self, metrics: Metrics) -> None:
         metrics.healthy.set(1 if self.healthy else 0)
+        metrics.journal_writable.set(0 if self.journal_problem else 1)
         for name, why in self.sources.items():
             metrics.source_healthy.labels(name).set(0 if why else 1)
         if self.billed is None:
@@ -118,6 +125,7 @@ class StatusReport:
             metrics.in_flight.labels(name, "file").set(flight.files)
             metrics.in_flight.labels(name, "wildcard").set(flight.wildcards)
             metrics.distribution_healthy.labels(name).set(0 if d.problem else 1)
+            metrics.set_aside.labels(name).set(d.set_aside)
         metrics.set_billed(self.billed)
 
 
@@ -136,6 +144,7 @@ def collect_status(
     cloudfront: WatchedCloudFront,
     submitter: _SubmitterView | None,
     journal: Journal | None,
+    accept_problem: str | None = None,
 ) -> StatusReport:
     """Read the daemon's state once. Each journal read is one query (`unsent_summary`,
     `in_flight_summary`, `billed_this_month`), whatever the number of distributions."""
@@ -143,13 +152,14 @@ def collect_status(
     cf_problems = cloudfront.problems()
     sub_problems = submitter.problems() if submitter is not None else {}
     if journal is None:
-        return StatusReport(now, phase, source_problems, {}, None)
+        return StatusReport(now, phase, source_problems, {}, None, accept_problem)
     try:
         unsent = journal.unsent_summary()
         ours = journal.in_flight_summary()
+        set_aside = journal.set_aside_summary()
         billed = journal.billed_this_month(now)
     except InvalidatordError:  # closed under us by a stop: no answer
-        return StatusReport(now, phase, source_problems, {}, None)
+        return StatusReport(now, phase, source_problems, {}, None, accept_problem)
     out: dict[str, DistributionStatus] = {}
     for name in distributions:
         count, oldest = unsent.get(name, (0, None))
@@ -159,8 +169,9 @@ def collect_status(
             oldest=oldest if count else None,
             ours=ours.get(name, InFlight()),
             external=submitter.external(name) if submitter is not None else InFlight(),
+            set_aside=set_aside.get(name, 0),
         )
-    return StatusReport(now, phase, source_problems, out, billed)
+    return StatusReport(now, phase, source_problems, out, billed, accept_problem)
 
 
 # ---- CloudFront, watched ------------------------------------------------------------------------

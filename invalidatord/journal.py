@@ -465,6 +465,15 @@ class Journal:
         )[0]
         return InFlight(int(row[0]), int(row[1]))
 
+    def set_aside_summary(self) -> dict[str, int]:
+        """distribution -> paths CloudFront refused (InvalidArgument) and that stay set aside."""
+        rows = self._read(
+            "SELECT distribution, sum(files + wildcards) FROM batches WHERE state = ? "
+            "GROUP BY distribution",
+            (REJECTED,),
+        )
+        return {str(d): int(n) for d, n in rows}
+
     def in_flight_summary(self) -> dict[str, InFlight]:
         """distribution -> `in_flight(distribution)`, every distribution in one read."""
         rows = self._read(

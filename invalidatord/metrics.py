@@ -57,6 +57,9 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "invalidatord_source_healthy": ("source",),
     "invalidatord_distribution_healthy": ("distribution",),
     "invalidatord_healthy": (),
+    "invalidatord_accept_failures_total": ("source",),
+    "invalidatord_journal_writable": (),
+    "invalidatord_paths_set_aside": ("distribution",),
 }
 
 
@@ -171,6 +174,24 @@ class Metrics:
             registry=r,
         )
         self.healthy = Gauge(p + "healthy", "1 when GET /healthz answers 200", registry=r)
+        self.accept_failures = Counter(
+            p + "accept_failures",
+            "Flushes the journal could not commit (full disk, read-only); retried, never lost",
+            ["source"],
+            registry=r,
+        )
+        self.journal_writable = Gauge(
+            p + "journal_writable",
+            "0 while the last commit of accepted changes failed, 1 otherwise",
+            registry=r,
+        )
+        self.journal_writable.set(1)
+        self.set_aside = Gauge(
+            p + "paths_set_aside",
+            "Paths CloudFront refused (InvalidArgument), kept in the journal, never sent",
+            ["distribution"],
+            registry=r,
+        )
 
     def declare(
         self,
@@ -185,6 +206,7 @@ class Metrics:
             for kind in ChangeKind:
                 self.changes.labels(source, kind.value)
             self.source_healthy.labels(source)
+            self.accept_failures.labels(source)
         for source in tree_sources:
             self.overflows.labels(source)
             self.watcher_restarts.labels(source)
@@ -199,6 +221,7 @@ class Metrics:
             self.to_submit.labels(name)
             self.to_complete.labels(name)
             self.distribution_healthy.labels(name)
+            self.set_aside.labels(name)
             for path_kind in PATH_KINDS:
                 self.paths_submitted.labels(name, path_kind)
                 self.in_flight.labels(name, path_kind)
@@ -207,7 +230,13 @@ class Metrics:
         """Drop the gauges of distributions and sources no longer configured (after a reload):
         a gauge left behind would report a stale value forever. Counters stay, as counters do."""
         keep_d, keep_s = set(distributions), set(sources)
-        for gauge in (self.pending, self.oldest_pending, self.last_success, self.in_flight):
+        for gauge in (
+            self.pending,
+            self.oldest_pending,
+            self.last_success,
+            self.in_flight,
+            self.set_aside,
+        ):
             _remove_unless(gauge, 0, keep_d)
         _remove_unless(self.distribution_healthy, 0, keep_d)
         _remove_unless(self.source_healthy, 0, keep_s)

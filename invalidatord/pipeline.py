@@ -92,6 +92,9 @@ class Pipeline:
         self._thread: threading.Thread | None = None
         # receipts of flushes whose commit failed: acknowledged with the next successful one
         self._held_receipts: dict[str, list[str]] = {name: [] for name in self._sources}
+        #: why the last commit of accepted changes failed (None once one succeeds): the
+        #: changes wait in the debouncer, so /healthz must not say all is well meanwhile
+        self.accept_problem: str | None = None
         # The quiet window is spent doing the per-path work of the accept (stat, index lookup,
         # mapping), so a flush only has the journal left to do. A path changed again after
         # it was prepared is prepared again: its stat must be the last one.
@@ -235,7 +238,12 @@ class Pipeline:
     def _accept(self, source: str, flush: Flush) -> None:
         try:
             self._accept_flush(source, flush)
+            if self.accept_problem is not None:
+                log.info("accept_recovered", source=source)
+                self.accept_problem = None
         except Exception as exc:
+            self.accept_problem = f"cannot commit accepted changes: {type(exc).__name__}: {exc}"
+            self._metrics.accept_failures.labels(source).inc()
             # Nothing is lost: the receipts are not acknowledged (SQS redelivers) and the
             # catch-up index was not updated (the next scan finds the files again). Put the
             # changes back so this process retries after the next quiet window.

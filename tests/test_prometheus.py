@@ -180,6 +180,8 @@ def test_alert_rules_fire_when_they_should_and_only_then(tmp_path: Path) -> None
                 series("invalidatord_watcher_restarts_total", "0x30", **b, source="quiet"),
                 series("invalidatord_source_healthy", "1 0x30", **b, source="www"),
                 series("invalidatord_source_healthy", "1x30", **b, source="quiet"),
+                series("invalidatord_journal_writable", "1 1 0 0 0 1x30", **b),
+                series("invalidatord_journal_writable", "1 0 0 0 0 0 0 0x30", **a),
             ],
             "alert_rule_test": [
                 {"eval_time": "4m", "alertname": "InvalidatordDown", "exp_alerts": []},
@@ -229,6 +231,25 @@ def test_alert_rules_fire_when_they_should_and_only_then(tmp_path: Path) -> None
                     "alertname": "InvalidatordWatcherRestarted",
                     "exp_alerts": [
                         _expected("InvalidatordWatcherRestarted", b | {"source": "www"})
+                    ],
+                },
+                {
+                    "eval_time": "1m",
+                    "alertname": "InvalidatordJournalNotWritable",
+                    "exp_alerts": [],
+                },
+                {
+                    # b failed for three minutes and recovered; a has failed since minute 1
+                    "eval_time": "10m",
+                    "alertname": "InvalidatordJournalNotWritable",
+                    "exp_alerts": [_expected("InvalidatordJournalNotWritable", a)],
+                },
+                {
+                    "eval_time": "4m",
+                    "alertname": "InvalidatordJournalNotWritable",
+                    "exp_alerts": [
+                        _expected("InvalidatordJournalNotWritable", a),
+                        _expected("InvalidatordJournalNotWritable", b),
                     ],
                 },
                 {"eval_time": "5m", "alertname": "InvalidatordSourceNotWatching", "exp_alerts": []},
