@@ -142,11 +142,10 @@ def _check(cfg: Config, path: str) -> int:
     print(f"  state_dir: {cfg.state_dir}")
     for name, dist in cfg.distributions.items():
         print(f"  distribution {name}: {dist.id}")
-    for s in cfg.sources:
-        where = getattr(s, "root", None) or getattr(s, "queue_url", "")
-        print(f"  source {s.name} ({s.type}): {where}")
-    for i, rule in enumerate(cfg.rules):
-        targets = ", ".join(cfg.rule_distributions(i))
+    for source in cfg.sources:
+        print(f"  source {source.describe()}")
+    for i, rule in enumerate(cfg.mapping_rules()):
+        targets = ", ".join(rule.distributions)
         urls = ", ".join(rule.urls) if rule.urls else "(ignored)"
         scope = f" [source {rule.source}]" if rule.source else ""
         print(f"  rule {i}: {rule.match}{scope} -> {urls} on {targets}")

@@ -34,6 +34,25 @@ def test_check_accepts_every_shipped_config(path: Path) -> None:
     assert "source " in result.stdout
 
 
+def test_check_prints_every_setting_of_each_source(tmp_path: Path) -> None:
+    """`check` prints each source on one line with every setting, the s3-poll bucket too."""
+    result = cli("check", "-c", str(CONFIG_DIR / "example.yaml"))
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("  source ")]
+    assert lines[1] == (
+        "  source uploads (sqs): https://sqs.us-east-1.amazonaws.com/123456789012/uploads-events; "
+        "bucket: example-uploads, prefix: public/, wait_time: 20s, visibility_timeout: 60s, "
+        "receivers: 2"
+    )
+    assert lines[2] == "  source static (s3-poll): s3://example-static/site/; interval: 300s"
+    assert lines[0].startswith("  source docroot (filesystem): /")
+    assert "; ignore: [" in lines[0]
+    assert (
+        "watcher: auto, poll_interval: 5s, watcher_process: true, rescan_interval: 600s"
+        in (lines[0])
+    )
+
+
 def test_check_reports_every_problem_with_file_line_and_key(tmp_path: Path) -> None:
     """A broken config exits 2 with one located line per problem and no traceback."""
     bad = tmp_path / "config.yaml"

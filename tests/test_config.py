@@ -27,6 +27,7 @@ from invalidatord.config import (
     load_config_text,
     parse_duration,
     parse_listen,
+    references,
 )
 from invalidatord.errors import ConfigError
 from invalidatord.mapping import Mapper
@@ -285,6 +286,37 @@ CASES: list[tuple[str, str, list[str]]] = [
             "config.yaml:11: sources[1].wait_time: must be at most 20s "
             "(the SQS long-polling limit), got 25s"
         ],
+    ),
+    (
+        "SQS visibility timeout under a second",
+        VALID
+        + "  - name: q\n    type: sqs\n    queue_url: http://127.0.0.1:1/q\n"
+        + "    visibility_timeout: 0\n",
+        [
+            "config.yaml:11: sources[1].visibility_timeout: "
+            "must be at least 1s (the SQS limit), got 0s"
+        ],
+    ),
+    (
+        "SQS visibility timeout over 12 hours",
+        VALID
+        + "  - name: q\n    type: sqs\n    queue_url: http://127.0.0.1:1/q\n"
+        + "    visibility_timeout: 13h\n",
+        [
+            "config.yaml:11: sources[1].visibility_timeout: "
+            "must be at most 12h (the SQS limit), got 46800s"
+        ],
+    ),
+    (
+        "SQS receivers below one",
+        VALID
+        + "  - name: q\n    type: sqs\n    queue_url: http://127.0.0.1:1/q\n    receivers: 0\n",
+        ["config.yaml:11: sources[1].receivers: must be between 1 and 10, got 0"],
+    ),
+    (
+        "filesystem poll interval of zero",
+        VALID + "    poll_interval: 0\n",
+        ["config.yaml:8: sources[0].poll_interval: must be more than 0"],
     ),
     (
         "S3 poll source without a bucket",
@@ -615,6 +647,49 @@ def test_config_is_frozen(workdir: Path) -> None:
     cfg = load_config_text(VALID, base_dir=workdir)
     with pytest.raises(ValidationError):
         cfg.shutdown_timeout = 1.0  # type: ignore[misc]
+
+
+def test_reference_check_runs_once_and_reports_beside_field_errors(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cross-section check runs once per load, and its problems are reported together with
+    field errors elsewhere in the file."""
+    calls: list[object] = []
+    original = references.reference_problems
+
+    def counted(data: Any) -> Any:
+        calls.append(data)
+        return original(data)
+
+    monkeypatch.setattr(references, "reference_problems", counted)
+    text = VALID + "rules:\n  - {match: '**', urls: ['/{path}'], distribution: nope}\n"
+    with pytest.raises(ConfigError) as caught:
+        load_config_text(text.replace("id: E2EXAMPLE12345", "id: lower"), "c.yaml", workdir)
+    assert caught.value.problems == [
+        "c.yaml:3: distributions.www.id: expected a CloudFront distribution id (upper-case "
+        "letters and digits, such as E2EXAMPLE12345), got 'lower'",
+        "c.yaml:9: rules[0].distribution: unknown distribution 'nope' (known: www)",
+    ]
+    assert len(calls) == 1
+
+
+def test_source_configs_describe_every_setting(workdir: Path) -> None:
+    """Each source type's describe() is one line naming where it looks and every setting."""
+    text = VALID + (
+        "    ignore: ['*.tmp']\n    watcher: polling\n    rescan_interval: 0\n"
+        "  - {name: q, type: sqs, queue_url: 'http://127.0.0.1:1/q', receivers: 3}\n"
+        "  - {name: b, type: s3-poll, bucket: site-bucket}\n"
+    )
+    fs, sqs, poll = load_config_text(text, base_dir=workdir).sources
+    assert fs.describe() == (
+        f"docroot (filesystem): {workdir / 'site'}; ignore: [*.tmp], watcher: polling, "
+        "poll_interval: 5s, watcher_process: true, rescan_interval: null"
+    )
+    assert sqs.describe() == (
+        'q (sqs): http://127.0.0.1:1/q; bucket: null, prefix: "", wait_time: 20s, '
+        "visibility_timeout: 60s, receivers: 3"
+    )
+    assert poll.describe() == "b (s3-poll): s3://site-bucket/; interval: 300s"
 
 
 def test_configs_built_in_python_are_cross_checked(workdir: Path) -> None:
