@@ -86,12 +86,8 @@ class FilesystemSource(WatchEvents):
         metrics: Metrics | None = None,
     ) -> None:
         """`metrics`: where its overflows and watcher restarts are counted as they happen."""
-        if watcher not in ("auto", "inotify", "polling"):
-            raise SourceError(
-                name, f"unknown watcher {watcher!r} (expected auto, inotify or polling)"
-            )
-        if poll_interval <= 0:
-            raise SourceError(name, f"poll_interval must be positive, got {poll_interval!r}")
+        # watcher, poll_interval and each ignore pattern are checked by the config
+        # (FilesystemSourceConfig), the one place that names the key and line of a bad value.
         self.name = name
         self.root = Path(root)
         self.watcher = watcher
@@ -109,10 +105,7 @@ class FilesystemSource(WatchEvents):
         self._sink = sink
         self._clock = clock
         self._metrics = metrics
-        try:
-            spec = pathspec.GitIgnoreSpec.from_lines(self.ignore)
-        except (ValueError, TypeError) as exc:
-            raise SourceError(name, f"bad ignore pattern: {exc}") from exc
+        spec = pathspec.GitIgnoreSpec.from_lines(self.ignore)
         self._match, self._scan_match = matchers(spec)
         self._set_root(os.path.realpath(self.root))
         self._lock = threading.Lock()

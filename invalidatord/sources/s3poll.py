@@ -127,10 +127,7 @@ class S3PollSource:
         min_backoff: float = 1.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if not bucket:
-            raise SourceError(name, "bucket is empty")
-        if interval <= 0:
-            raise SourceError(name, f"interval must be more than 0 seconds, got {interval}")
+        # bucket and interval are checked by the config (S3PollSourceConfig).
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise SourceError(name, f"page_size must be 1-{MAX_PAGE_SIZE}, got {page_size}")
         if min_backoff <= 0:

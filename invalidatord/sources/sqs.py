@@ -58,8 +58,6 @@ log = structlog.get_logger(__name__)
 
 #: SQS API limits.
 MAX_BATCH = 10  # messages per ReceiveMessage, entries per *Batch call
-MAX_WAIT_TIME = 20  # seconds of long polling
-MAX_VISIBILITY_TIMEOUT = 43_200  # 12 hours
 #: Log excerpts of message bodies are at most this long.
 EXCERPT_CHARS = 200
 #: `healthy` turns false after this many receive attempts in a row failed.
@@ -116,18 +114,8 @@ class SqsSource:
         min_backoff: float = 1.0,
         max_backoff: float = 60.0,
     ) -> None:
-        if not queue_url:
-            raise SourceError(name, "queue_url is empty")
-        if not 0 <= wait_time <= MAX_WAIT_TIME:
-            raise SourceError(name, f"wait_time must be 0-{MAX_WAIT_TIME} seconds, got {wait_time}")
-        if not 1 <= visibility_timeout <= MAX_VISIBILITY_TIMEOUT:
-            raise SourceError(
-                name,
-                f"visibility_timeout must be 1-{MAX_VISIBILITY_TIMEOUT} seconds, "
-                f"got {visibility_timeout}",
-            )
-        if receivers < 1:
-            raise SourceError(name, f"receivers must be at least 1, got {receivers}")
+        # queue_url, wait_time, visibility_timeout and receivers are checked by the config
+        # (SqsSourceConfig), the one place that names the key and line of a bad value.
         if not 0 < min_backoff <= max_backoff:
             raise SourceError(
                 name, f"backoff must satisfy 0 < min <= max, got {min_backoff}, {max_backoff}"
