@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from invalidatord.errors import JournalError
-from invalidatord.model import FileStat, InFlight, is_wildcard
+from invalidatord.model import FileStat, InFlight, S3Stamp, is_wildcard
 
 SCHEMA_VERSION = 1
 
@@ -631,14 +631,6 @@ class Journal:
 
     def s3_index_size(self, source: str) -> int:
         return int(self._read("SELECT count(*) FROM s3_index WHERE source = ?", (source,))[0][0])
-
-
-@dataclass(frozen=True, slots=True)
-class S3Stamp:
-    """What the S3 index remembers of one object: enough to tell that it changed."""
-
-    etag: str
-    last_modified: float  # epoch seconds
 
 
 def _s3_marker(source: str) -> str:

@@ -59,6 +59,15 @@ class FileStat:
     ctime_ns: int = field(default=0, compare=False)
 
 
+@dataclass(frozen=True, slots=True)
+class S3Stamp:
+    """What the S3 index of an s3-poll source remembers of one object: enough to tell that it
+    changed."""
+
+    etag: str
+    last_modified: float  # epoch seconds
+
+
 def is_wildcard(url_path: str) -> bool:
     """CloudFront counts a path ending in `*` as a wildcard, anything else as a file."""
     return url_path.endswith("*")
