@@ -55,7 +55,7 @@ from invalidatord.errors import ConfigError, InvalidPaths, SinkError
 from invalidatord.mapping import Mapper
 from invalidatord.model import InFlight, is_wildcard
 from invalidatord.planner import covers, make_plan
-from invalidatord.s3events import EXCERPT_CHARS, MalformedMessage, parse_message
+from invalidatord.s3events import KeyFilter, MalformedMessage, excerpt, parse_message
 
 __all__ = ["LambdaApp", "config_path", "handler"]
 
@@ -98,17 +98,8 @@ class _Source:
     """An `sqs` source of the config as the handler uses it."""
 
     name: str
-    bucket: str | None
-    prefix: str  # as a directory: "" or ending in "/"
+    keys: KeyFilter
     queue: tuple[str, str] | None  # (account, queue name) of its queue_url
-
-    def path_of(self, bucket: str, key: str) -> str | None:
-        """The change path of an object of `bucket` for this source, None if it is not one."""
-        if self.bucket is not None and bucket != self.bucket:
-            return None
-        if not key.startswith(self.prefix) or key == self.prefix:
-            return None
-        return key[len(self.prefix) :]
 
 
 @dataclass
@@ -133,7 +124,7 @@ class LambdaApp:
         self.mapper = Mapper(cfg.mapping_rules())
         self.limits = cfg.invalidation.limits()
         self.sources = [
-            _Source(s.name, s.bucket, _directory(s.prefix), _queue_of_url(s.queue_url))
+            _Source(s.name, KeyFilter.of(s.bucket, s.prefix), _queue_of_url(s.queue_url))
             for s in cfg.sources
             if isinstance(s, SqsSourceConfig)
         ]
@@ -190,7 +181,7 @@ class LambdaApp:
                 "lambda_message_malformed",
                 message_id=message_id,
                 reason=str(exc),
-                excerpt=_excerpt(body),
+                excerpt=excerpt(body),
                 receive_count=receive_count,
             )
             return False
@@ -206,7 +197,7 @@ class LambdaApp:
             )
             return False
         for event in events:
-            path = source.path_of(event.bucket, event.key)
+            path, why = source.keys.path_of(event.bucket, event.key)
             if path is None:
                 log.debug(
                     "lambda_event_ignored",
@@ -214,6 +205,7 @@ class LambdaApp:
                     source=source.name,
                     bucket=event.bucket,
                     key=event.key,
+                    reason=why,
                 )
                 continue
             mapped = self.mapper.map(source.name, path)
@@ -342,11 +334,6 @@ def _current_app() -> LambdaApp:
         return app
 
 
-def _directory(prefix: str) -> str:
-    stripped = prefix.strip("/")
-    return f"{stripped}/" if stripped else ""
-
-
 def _queue_of_url(url: str) -> tuple[str, str] | None:
     """(account, queue name) of `https://sqs.REGION.amazonaws.com/ACCOUNT/NAME`."""
     parts = [p for p in urlsplit(url).path.split("/") if p]
@@ -357,9 +344,3 @@ def _queue_of_arn(arn: str) -> tuple[str, str] | None:
     """(account, queue name) of `arn:aws:sqs:REGION:ACCOUNT:NAME`."""
     parts = arn.split(":")
     return (parts[4], parts[5]) if len(parts) == 6 and parts[2] == "sqs" else None
-
-
-def _excerpt(body: Any) -> str:
-    text = body if isinstance(body, str) else repr(body)
-    text = " ".join(text.split())
-    return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 3] + "..."

@@ -43,7 +43,7 @@ from urllib.parse import unquote_plus
 
 from invalidatord.model import ChangeKind
 
-__all__ = ["MalformedMessage", "ObjectEvent", "parse_message"]
+__all__ = ["KeyFilter", "MalformedMessage", "ObjectEvent", "directory", "excerpt", "parse_message"]
 
 #: Longest excerpt of a malformed value quoted in a MalformedMessage.
 EXCERPT_CHARS = 80
@@ -75,6 +75,39 @@ class MalformedMessage(ValueError):
         super().__init__(f"{reason}: {excerpt}" if excerpt else reason)
 
 
+def directory(prefix: str) -> str:
+    """A configured key prefix as a directory: no leading slash, one trailing slash ("" stays
+    ""), so `site` and `site/` both mean the keys under `site/`."""
+    stripped = prefix.strip("/")
+    return f"{stripped}/" if stripped else ""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyFilter:
+    """Which objects an S3 source takes, and the change path of each: `bucket` (None = any)
+    and `prefix` (a directory, see `directory`), which is stripped from the path."""
+
+    bucket: str | None
+    prefix: str
+
+    @classmethod
+    def of(cls, bucket: str | None, prefix: str) -> KeyFilter:
+        return cls(bucket, directory(prefix))
+
+    def path_of(self, bucket: str, key: str) -> tuple[str | None, str]:
+        """The change path of object `key` of `bucket`, or (None, why it is not taken:
+        `other_bucket`, `outside_prefix`, `prefix_itself`)."""
+        if self.bucket is not None and bucket != self.bucket:
+            return None, "other_bucket"
+        if self.prefix:
+            if not key.startswith(self.prefix):
+                return None, "outside_prefix"
+            key = key[len(self.prefix) :]
+            if not key:
+                return None, "prefix_itself"
+        return key, ""
+
+
 def parse_message(body: str) -> list[ObjectEvent]:
     """The object events in one SQS message body, in message order; [] for test events,
     SNS subscription confirmations and events that do not count (see the module docstring).
@@ -88,7 +121,7 @@ def parse_message(body: str) -> list[ObjectEvent]:
 def _parse_document(doc: Any, where: str, *, wrapped: bool) -> list[ObjectEvent]:
     if not isinstance(doc, dict):
         raise MalformedMessage(
-            f"{_name(where)} is a JSON {_json_type(doc)}, expected an object", _excerpt(doc)
+            f"{_name(where)} is a JSON {_json_type(doc)}, expected an object", excerpt(doc)
         )
     if "Records" in doc:
         return _parse_records(doc["Records"], f"{where}Records")
@@ -111,7 +144,7 @@ def _parse_sns(doc: dict[str, Any], where: str, *, wrapped: bool) -> list[Object
     if kind in _SNS_IGNORED_TYPES:
         return []
     if kind != "Notification":
-        raise MalformedMessage(f"{where}Type: unknown SNS message type", _excerpt(kind))
+        raise MalformedMessage(f"{where}Type: unknown SNS message type", excerpt(kind))
     if wrapped:
         # SNS never wraps its own envelope; a second one means something re-published it.
         raise MalformedMessage(f"{where}Message: an SNS envelope inside an SNS envelope")
@@ -122,7 +155,7 @@ def _parse_sns(doc: dict[str, Any], where: str, *, wrapped: bool) -> list[Object
 def _parse_records(records: Any, where: str) -> list[ObjectEvent]:
     if not isinstance(records, list):
         raise MalformedMessage(
-            f"{where} is a JSON {_json_type(records)}, expected a list", _excerpt(records)
+            f"{where} is a JSON {_json_type(records)}, expected a list", excerpt(records)
         )
     if not records:
         raise MalformedMessage(f"{where} is an empty list")
@@ -131,7 +164,7 @@ def _parse_records(records: Any, where: str) -> list[ObjectEvent]:
         at = f"{where}[{i}]"
         if not isinstance(record, dict):
             raise MalformedMessage(
-                f"{at} is a JSON {_json_type(record)}, expected an object", _excerpt(record)
+                f"{at} is a JSON {_json_type(record)}, expected an object", excerpt(record)
             )
         event_name = _field(record, "eventName", str, at)
         kind = _notification_kind(event_name)
@@ -160,7 +193,7 @@ def _parse_eventbridge(doc: dict[str, Any], where: str) -> list[ObjectEvent]:
     source = doc["source"]
     if source != "aws.s3":
         raise MalformedMessage(
-            f"{where}source: an EventBridge event not from S3 (expected 'aws.s3')", _excerpt(source)
+            f"{where}source: an EventBridge event not from S3 (expected 'aws.s3')", excerpt(source)
         )
     detail_type = _field(doc, "detail-type", str, where)
     kind = _EVENTBRIDGE_KINDS.get(detail_type)
@@ -209,7 +242,7 @@ def _decode_form_key(raw: str, where: str) -> str:
     try:
         key = unquote_plus(raw, encoding="utf-8", errors="strict")
     except UnicodeDecodeError:
-        raise MalformedMessage(f"{where} does not decode to UTF-8", _excerpt(raw)) from None
+        raise MalformedMessage(f"{where} does not decode to UTF-8", excerpt(raw)) from None
     _require_nonempty(key, where)
     return key
 
@@ -222,7 +255,7 @@ def _field(obj: dict[str, Any], name: str, kind: type, where: str) -> Any:
     if not isinstance(value, kind):
         expected = _EXPECTED.get(kind, kind.__name__)
         raise MalformedMessage(
-            f"{at} is a JSON {_json_type(value)}, expected {expected}", _excerpt(value)
+            f"{at} is a JSON {_json_type(value)}, expected {expected}", excerpt(value)
         )
     return value
 
@@ -238,10 +271,10 @@ def _load_json(text: str, where: str) -> Any:
     except json.JSONDecodeError as exc:
         raise MalformedMessage(
             f"{where} is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
-            _excerpt(text),
+            excerpt(text),
         ) from None
     except RecursionError:
-        raise MalformedMessage(f"{where} is nested too deeply to parse", _excerpt(text)) from None
+        raise MalformedMessage(f"{where} is nested too deeply to parse", excerpt(text)) from None
 
 
 def _name(where: str) -> str:
@@ -263,10 +296,11 @@ def _json_type(value: Any) -> str:
     return "object"
 
 
-def _excerpt(value: Any) -> str:
-    """A short one-line quotation of `value`: strings as they are, other JSON re-serialised."""
+def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
+    """A one-line quotation of `value` at most `limit` characters long, for error messages and
+    log lines: strings as they are, anything else re-serialised as JSON."""
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
     text = " ".join(text.split())
-    if len(text) > EXCERPT_CHARS:
-        text = text[: EXCERPT_CHARS - 3] + "..."
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
     return text

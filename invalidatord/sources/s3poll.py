@@ -53,8 +53,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from invalidatord.contracts import ChangeSink
 from invalidatord.errors import SourceError
-from invalidatord.journal import S3Stamp
-from invalidatord.model import Change, ChangeKind
+from invalidatord.model import Change, ChangeKind, S3Stamp
+from invalidatord.s3events import directory
 from invalidatord.sources._aws import describe as _describe
 from invalidatord.sources._aws import error_code as _code
 
@@ -134,7 +134,7 @@ class S3PollSource:
             raise SourceError(name, f"min_backoff must be more than 0, got {min_backoff}")
         self.name = name
         self.bucket = bucket
-        self.prefix = _directory(prefix)
+        self.prefix = directory(prefix)
         self.interval = float(interval)
         self._sink = sink
         self._client = client
@@ -442,9 +442,3 @@ class S3PollSource:
             if not response.get("IsTruncated") or not token:
                 return
             args["ContinuationToken"] = token
-
-
-def _directory(prefix: str) -> str:
-    """The prefix as a directory: no leading slash, one trailing slash ("" stays "")."""
-    stripped = prefix.strip("/")
-    return f"{stripped}/" if stripped else ""

@@ -48,7 +48,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from invalidatord.contracts import ChangeSink
 from invalidatord.errors import SourceError
 from invalidatord.model import Change, ChangeKind
-from invalidatord.s3events import MalformedMessage, ObjectEvent, parse_message
+from invalidatord.s3events import KeyFilter, MalformedMessage, excerpt, parse_message
 from invalidatord.sources._aws import describe as _describe
 from invalidatord.sources._aws import error_code as _code
 
@@ -122,8 +122,8 @@ class SqsSource:
             )
         self.name = name
         self.queue_url = queue_url
-        self.bucket = bucket
-        self.prefix = _directory(prefix)
+        self.keys = KeyFilter.of(bucket, prefix)
+        self.prefix = self.keys.prefix
         self._sink = sink
         self._client = client
         self._wait = int(wait_time)
@@ -181,7 +181,7 @@ class SqsSource:
         self._log.info(
             "sqs_source_started",
             queue_url=self.queue_url,
-            bucket=self.bucket,
+            bucket=self.keys.bucket,
             prefix=self.prefix,
             receivers=self._receivers,
             visibility_timeout=self._visibility,
@@ -319,7 +319,9 @@ class SqsSource:
         handle = str(message.get("ReceiptHandle", ""))
         body = message.get("Body", "")
         if not message_id or not handle:
-            self._log.error("sqs_message_unusable", message_id=message_id, excerpt=_excerpt(body))
+            self._log.error(
+                "sqs_message_unusable", message_id=message_id, excerpt=excerpt(body, EXCERPT_CHARS)
+            )
             return
         if self._stopped:
             self._release([(message_id, handle)])
@@ -331,14 +333,14 @@ class SqsSource:
                 "sqs_message_malformed",
                 message_id=message_id,
                 reason=str(exc),
-                excerpt=_excerpt(body),
+                excerpt=excerpt(body, EXCERPT_CHARS),
                 receive_count=_receive_count(message),
             )
             return
 
         paths: dict[tuple[str, ChangeKind], None] = {}  # ordered, without duplicates
         for event in events:
-            path, why = self._path_of(event)
+            path, why = self.keys.path_of(event.bucket, event.key)
             if path is None:
                 self._log.debug(
                     "sqs_event_ignored",
@@ -425,19 +427,6 @@ class SqsSource:
                 held = self._held.get(message_id)
                 if held is not None and not held.deleting:
                     held.extend_at = math.inf
-
-    def _path_of(self, event: ObjectEvent) -> tuple[str | None, str]:
-        """The change path of `event` for this source, or (None, why it is ignored)."""
-        if self.bucket is not None and event.bucket != self.bucket:
-            return None, "other_bucket"
-        key = event.key
-        if self.prefix:
-            if not key.startswith(self.prefix):
-                return None, "outside_prefix"
-            key = key[len(self.prefix) :]
-            if not key:
-                return None, "prefix_itself"
-        return key, ""
 
     def _mark_deletable(self, held: _Held) -> None:
         """Caller holds `_lock`. Forget the message's outstanding receipts; queue its delete."""
@@ -591,12 +580,6 @@ class SqsSource:
             self._log.info("sqs_release_failed", messages=len(messages), error=_describe(exc))
 
 
-def _directory(prefix: str) -> str:
-    """The prefix as a directory: no leading slash, one trailing slash ("" stays "")."""
-    stripped = prefix.strip("/")
-    return f"{stripped}/" if stripped else ""
-
-
 def _batches(items: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
     return [items[i : i + MAX_BATCH] for i in range(0, len(items), MAX_BATCH)]
 
@@ -607,9 +590,3 @@ def _receive_count(message: dict[str, Any]) -> int | None:
         return int(value) if value is not None else None
     except (TypeError, ValueError):
         return None
-
-
-def _excerpt(body: Any) -> str:
-    text = body if isinstance(body, str) else repr(body)
-    text = " ".join(text.split())
-    return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 3] + "..."
