@@ -29,7 +29,8 @@ What it does, in plain words:
   idle distribution less the configured headroom; when CloudFront answers
   TooManyInvalidationsInProgress, that distribution's messages are failed and come back after
   the visibility timeout, which is the backoff. Paths that did not fit fail their messages too.
-- **A path CloudFront refuses** (InvalidArgument) is found by bisecting the batch, logged
+- **A path CloudFront refuses** (InvalidArgument) is found by bisecting the batch (the
+  daemon's routine, `bisection.send_bisecting`), logged
   (`path_rejected`) and dropped; the rest is invalidated and no message fails for it (a retry
   would be refused again).
 """
@@ -48,12 +49,13 @@ from urllib.parse import urlsplit
 import structlog
 
 from invalidatord import logs
-from invalidatord.cloudfront import Boto3CloudFront, make_session
+from invalidatord.bisection import halves, send_bisecting
 from invalidatord.config import Config, SqsSourceConfig, load_config
 from invalidatord.contracts import CloudFront
 from invalidatord.errors import ConfigError, InvalidPaths, SinkError
+from invalidatord.factory import cloudfront_for
 from invalidatord.mapping import Mapper
-from invalidatord.model import InFlight, is_wildcard
+from invalidatord.model import Batch, InFlight, is_wildcard
 from invalidatord.planner import covers, make_plan
 from invalidatord.s3events import KeyFilter, MalformedMessage, excerpt, parse_message
 
@@ -247,28 +249,43 @@ class LambdaApp:
         return failed
 
     def _submit(self, distribution: str, paths: tuple[str, ...], messages: set[str]) -> bool:
-        """One CreateInvalidation (bisecting on InvalidArgument); False when it failed."""
+        """CreateInvalidation for `paths`, bisecting on InvalidArgument; False when a part of
+        it failed (its messages are retried)."""
+        failed = False
+
+        def send(batch: Batch) -> bool:
+            nonlocal failed
+            failed |= not self._send(batch, messages)
+            return True  # every other half is still worth sending
+
+        def split(batch: Batch, exc: InvalidPaths) -> tuple[Batch, Batch]:
+            first, second = halves(batch.paths)
+            log.warning(
+                "batch_bisected",
+                distribution=distribution,
+                paths=len(batch.paths),
+                halves=[len(first), len(second)],
+                error=exc.message,
+            )
+            return Batch(distribution, first), Batch(distribution, second)
+
+        result = send_bisecting(Batch(distribution, paths), send=send, split=split)
+        for batch, exc in result.rejected:
+            # a retry would be refused again: drop the path, keep the message
+            log.error(
+                "path_rejected", distribution=distribution, path=batch.paths[0], error=exc.message
+            )
+        return not failed
+
+    def _send(self, batch: Batch, messages: set[str]) -> bool:
+        """One CreateInvalidation; raises InvalidPaths, False when it failed otherwise."""
+        distribution, paths = batch.distribution, batch.paths
         distribution_id = self.cfg.distributions[distribution].id
         reference = caller_reference(messages, paths)
         try:
             invalidation = self.cloudfront.create_invalidation(distribution_id, paths, reference)
-        except InvalidPaths as exc:
-            if len(paths) == 1:
-                log.error(
-                    "path_rejected", distribution=distribution, path=paths[0], error=exc.message
-                )
-                return True  # a retry would be refused again: drop it, keep the message
-            half = len(paths) // 2
-            log.warning(
-                "batch_bisected",
-                distribution=distribution,
-                paths=len(paths),
-                halves=[half, len(paths) - half],
-                error=exc.message,
-            )
-            first = self._submit(distribution, paths[:half], messages)
-            second = self._submit(distribution, paths[half:], messages)
-            return first and second
+        except InvalidPaths:
+            raise
         except SinkError as exc:
             log.warning(
                 "lambda_invalidation_failed",
@@ -326,10 +343,7 @@ def _current_app() -> LambdaApp:
             raise
         if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):  # in Lambda: JSON lines to CloudWatch
             logs.configure(cfg.log.format, cfg.log.level)
-        session = make_session(cfg.aws.region, cfg.aws.profile, cfg.aws.role_arn)
-        app = LambdaApp(
-            cfg, Boto3CloudFront(session, endpoint_url=cfg.aws.endpoint_url), source=key[2]
-        )
+        app = LambdaApp(cfg, cloudfront_for(cfg), source=key[2])
         _app = (key, app)
         return app
 

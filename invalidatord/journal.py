@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from invalidatord.bisection import halves
 from invalidatord.errors import JournalError
 from invalidatord.model import FileStat, InFlight, S3Stamp, is_wildcard
 
@@ -420,7 +421,6 @@ class Journal:
     def split(self, batch_id: int) -> tuple[BatchRecord, BatchRecord]:
         """Replace a planned batch by its two halves (bisecting an InvalidArgument)."""
         old = self.batch(batch_id)
-        half = len(old.paths) // 2
         now = self._clock()
         with self._tx() as db:
             db.execute("UPDATE batches SET state = ? WHERE id = ?", (SPLIT, batch_id))
@@ -433,7 +433,7 @@ class Journal:
                     old.first_seen,
                     now,
                 )
-                for part in (old.paths[:half], old.paths[half:])
+                for part in halves(old.paths)
             ]
         return self.batch(ids[0]), self.batch(ids[1])
 

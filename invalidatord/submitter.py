@@ -9,8 +9,8 @@ handles every answer CloudFront can give without losing work:
 - Throttling, 5xx, timeouts, connection errors: exponential backoff with jitter, capped; the
   batch keeps its CallerReference, so a retry whose first attempt did reach CloudFront returns
   the existing invalidation instead of creating a second one.
-- InvalidArgument: bisect the batch until the offending path is alone, set it aside with a log
-  line naming the file it came from, send the rest.
+- InvalidArgument: bisect the batch (`bisection.send_bisecting`) until the offending path is
+  alone, set it aside with a log line naming the file it came from, send the rest.
 - A reused CallerReference with other paths: the batch gets a fresh reference.
 - AccessDenied, NoSuchDistribution, bad credentials: a clear error, health degraded, the work
   stays pending, retried after `max_backoff` (never a busy loop).
@@ -34,6 +34,7 @@ from typing import Literal
 
 import structlog
 
+from invalidatord.bisection import send_bisecting
 from invalidatord.contracts import CloudFront
 from invalidatord.errors import (
     AccessProblem,
@@ -243,8 +244,19 @@ class Submitter:
         return self._clock() - state.reconciled_at >= self._completion_wait
 
     def _submit(self, record: BatchRecord, state: DistributionState) -> bool:
-        """Send one planned batch. True = go on with the next; False = stop this distribution
-        for now (backing off or waiting for completions)."""
+        """Send one planned batch, bisecting it on InvalidArgument. True = go on with the next;
+        False = stop this distribution for now (backing off or waiting for completions)."""
+        result = send_bisecting(
+            record,
+            send=lambda part: self._send(part, state),
+            split=lambda part, exc: self._split(part, state, exc),
+        )
+        for part, exc in result.rejected:
+            self._reject(part, state, exc)
+        return not result.stopped
+
+    def _send(self, record: BatchRecord, state: DistributionState) -> bool:
+        """One CreateInvalidation; raises InvalidPaths for `send_bisecting`."""
         self.attempts += 1
         try:
             invalidation = self._cf.create_invalidation(
@@ -252,6 +264,8 @@ class Submitter:
             )
         except SinkError as exc:
             self._metrics.api_errors.labels(state.name, exc.code).inc()
+            if isinstance(exc, InvalidPaths):
+                raise
             return self._failed(record, state, exc)
         self._journal.mark_submitted(record.id, invalidation.id, invalidation.completed)
         now = self._clock()
@@ -278,29 +292,34 @@ class Submitter:
         )
         return True
 
+    def _split(
+        self, record: BatchRecord, state: DistributionState, exc: InvalidPaths
+    ) -> tuple[BatchRecord, BatchRecord]:
+        self._journal.record_failure(record.id, f"{exc.code}: {exc.message}")
+        first, second = self._journal.split(record.id)
+        log.warning(
+            "batch_bisected",
+            distribution=state.name,
+            paths=len(record.paths),
+            halves=[len(first.paths), len(second.paths)],
+            error=exc.message,
+        )
+        return first, second
+
+    def _reject(self, record: BatchRecord, state: DistributionState, exc: InvalidPaths) -> None:
+        self._journal.record_failure(record.id, f"{exc.code}: {exc.message}")
+        self._journal.reject(record.id, f"{exc.code}: {exc.message}")
+        self._metrics.rejected.labels(state.name).inc()
+        log.error(
+            "path_rejected",
+            distribution=state.name,
+            path=record.paths[0],
+            origin=record.origins.get(record.paths[0], ""),
+            error=exc.message,
+        )
+
     def _failed(self, record: BatchRecord, state: DistributionState, exc: SinkError) -> bool:
         self._journal.record_failure(record.id, f"{exc.code}: {exc.message}")
-        if isinstance(exc, InvalidPaths):
-            if len(record.paths) == 1:
-                self._journal.reject(record.id, f"{exc.code}: {exc.message}")
-                self._metrics.rejected.labels(state.name).inc()
-                log.error(
-                    "path_rejected",
-                    distribution=state.name,
-                    path=record.paths[0],
-                    origin=record.origins.get(record.paths[0], ""),
-                    error=exc.message,
-                )
-            else:
-                first, second = self._journal.split(record.id)
-                log.warning(
-                    "batch_bisected",
-                    distribution=state.name,
-                    paths=len(record.paths),
-                    halves=[len(first.paths), len(second.paths)],
-                    error=exc.message,
-                )
-            return True
         if isinstance(exc, CallerReferenceConflict):
             fresh = self._journal.rereference(record.id)
             log.warning(

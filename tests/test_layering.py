@@ -14,6 +14,7 @@ PURE_CORE = [
     "invalidatord.mapping",
     "invalidatord.planner",
     "invalidatord.catchup",
+    "invalidatord.bisection",
 ]
 FORBIDDEN = ["boto3", "botocore", "watchdog", "yaml", "pydantic"]
 
