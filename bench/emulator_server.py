@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any
 
-from invalidatord.emulator import CloudFrontEmulator
+from invalidatord.testing.cloudfront import CloudFrontEmulator
 
 _out_lock = threading.Lock()
 # The protocol owns the real stdout; anything else that prints (structlog's default logger

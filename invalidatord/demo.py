@@ -65,7 +65,7 @@ def write_site(docroot: Path) -> None:
 
 def run_demo(directory: str | None = None, touch: bool = True) -> int:
     try:
-        from invalidatord.emulator import CloudFrontEmulator
+        from invalidatord.testing.cloudfront import CloudFrontEmulator
     except ImportError as exc:  # moto is the optional `demo` extra
         raise InvalidatordError(
             f"the demo needs the CloudFront emulator: pip install 'invalidatord[demo]' ({exc})"

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from invalidatord.emulator import CloudFrontEmulator
+from invalidatord.testing.cloudfront import CloudFrontEmulator
 from tests.harness import Daemons
 
 #: Environment variables that could point boto3 at real credentials or endpoints.

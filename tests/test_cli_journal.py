@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from invalidatord.emulator import CREATE, CloudFrontEmulator
+from invalidatord.testing.cloudfront import CREATE, CloudFrontEmulator
 from tests.conftest import EmulatorFactory
 from tests.harness import DaemonProcess, aws_test_env, emulator_config, received, running_daemon
 

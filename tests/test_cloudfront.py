@@ -21,7 +21,6 @@ from invalidatord.cloudfront import (
     translate,
 )
 from invalidatord.contracts import CloudFront
-from invalidatord.emulator import CloudFrontEmulator
 from invalidatord.errors import (
     AccessProblem,
     CallerReferenceConflict,
@@ -30,6 +29,7 @@ from invalidatord.errors import (
     SinkError,
     TooManyInProgress,
 )
+from invalidatord.testing.cloudfront import CloudFrontEmulator
 
 
 def edge(emulator: CloudFrontEmulator, **kwargs: Any) -> Boto3CloudFront:

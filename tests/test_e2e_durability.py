@@ -14,8 +14,8 @@ from typing import Any
 import boto3
 import pytest
 
-from invalidatord.emulator import CREATE, CloudFrontEmulator
 from invalidatord.journal import PLANNED, REJECTED, Journal
+from invalidatord.testing.cloudfront import CREATE, CloudFrontEmulator
 from tests.conftest import EmulatorFactory
 from tests.harness import (
     DaemonProcess,

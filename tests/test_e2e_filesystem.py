@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from invalidatord.emulator import CloudFrontEmulator
+from invalidatord.testing.cloudfront import CloudFrontEmulator
 from tests.harness import (
     DaemonProcess,
     barrier,

@@ -11,8 +11,8 @@ import botocore.exceptions
 import pytest
 from botocore.config import Config
 
-from invalidatord.emulator import CloudFrontEmulator, path_problem
 from invalidatord.model import InFlight
+from invalidatord.testing.cloudfront import CloudFrontEmulator, path_problem
 
 from .conftest import EmulatorFactory
 

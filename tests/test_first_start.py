@@ -11,8 +11,8 @@ from pathlib import Path
 
 from invalidatord.config import load_config
 from invalidatord.daemon import Daemon
-from invalidatord.emulator import CloudFrontEmulator
 from invalidatord.model import FileStat
+from invalidatord.testing.cloudfront import CloudFrontEmulator
 from tests.harness import DaemonProcess, emulator_config, received
 from tests.waiting import wait_for
 

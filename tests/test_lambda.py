@@ -14,8 +14,8 @@ import yaml
 from structlog.testing import capture_logs
 
 from invalidatord.aws_lambda import caller_reference, handler
-from invalidatord.emulator import CREATE, CloudFrontEmulator
 from invalidatord.errors import ConfigError
+from invalidatord.testing.cloudfront import CREATE, CloudFrontEmulator
 
 DATA = Path(__file__).parent / "data" / "lambda"
 QUEUE_URL = "https://sqs.us-east-1.amazonaws.com/123456789012/site-events"

@@ -28,7 +28,7 @@ import pytest
 import structlog
 
 from invalidatord import logs
-from invalidatord.emulator import CloudFrontEmulator
+from invalidatord.testing.cloudfront import CloudFrontEmulator
 from tests.harness import DaemonProcess, aws_test_env, emulator_config, running_daemon
 from tests.waiting import wait_for
 

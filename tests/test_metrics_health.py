@@ -25,9 +25,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from invalidatord.config import load_config
 from invalidatord.daemon import Daemon
-from invalidatord.emulator import CloudFrontEmulator
 from invalidatord.metrics import FAMILIES
 from invalidatord.sources.filesystem import OVERFLOW_LOGGER, OVERFLOW_MESSAGE
+from invalidatord.testing.cloudfront import CloudFrontEmulator
 from tests.harness import (
     DaemonProcess,
     aws_test_env,

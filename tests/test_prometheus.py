@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 import yaml
 
-from invalidatord.emulator import CloudFrontEmulator
 from invalidatord.metrics import FAMILIES
+from invalidatord.testing.cloudfront import CloudFrontEmulator
 from tests.harness import DaemonProcess, emulator_config, running_daemon
 from tests.waiting import wait_for
 

@@ -23,11 +23,11 @@ from botocore.config import Config
 from botocore.exceptions import EndpointConnectionError
 from structlog.testing import capture_logs
 
-from invalidatord.emulator import CloudFrontEmulator
 from invalidatord.errors import SourceError
 from invalidatord.journal import Journal
 from invalidatord.model import Change, ChangeKind
 from invalidatord.sources.s3poll import PollResult, S3PollSource
+from invalidatord.testing.cloudfront import CloudFrontEmulator
 from tests.harness import aws_test_env
 from tests.waiting import wait_for
 

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
-from invalidatord.emulator import CloudFrontEmulator
 from invalidatord.journal import PLANNED, Journal
+from invalidatord.testing.cloudfront import CloudFrontEmulator
 from tests.harness import DaemonProcess, aws_test_env, emulator_config, running_daemon, write_config
 from tests.test_metrics_health import NotifySocket, systemd_env
 from tests.waiting import wait_for

@@ -12,11 +12,11 @@ import pytest
 import structlog
 
 from invalidatord.cloudfront import Boto3CloudFront, make_session
-from invalidatord.emulator import CloudFrontEmulator
 from invalidatord.journal import COMPLETED, PLANNED, REJECTED, SUBMITTED, Accepted, Journal
 from invalidatord.metrics import Metrics
 from invalidatord.planner import Limits
 from invalidatord.submitter import Submitter
+from invalidatord.testing.cloudfront import CloudFrontEmulator
 
 
 class FakeClock:

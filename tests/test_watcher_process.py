@@ -16,7 +16,6 @@ import pytest
 import structlog
 
 from invalidatord.config import FilesystemSourceConfig, load_config
-from invalidatord.emulator import CloudFrontEmulator
 from invalidatord.errors import SourceError
 from invalidatord.model import ChangeKind
 from invalidatord.sources import registry
@@ -30,6 +29,7 @@ from invalidatord.sources.watcher import (
     _ForwardLogs,
     _PipeWriter,
 )
+from invalidatord.testing.cloudfront import CloudFrontEmulator
 from tests.harness import emulator_config, received, running_daemon, write_config
 from tests.test_filesystem_source import Collector
 from tests.waiting import wait_for
