@@ -19,10 +19,89 @@ from typing import Any
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from invalidatord.model import Change, ChangeKind
 from invalidatord.testing.cloudfront import CloudFrontEmulator
 from tests.waiting import wait_for
 
 Event = dict[str, Any]
+
+
+class FakeClock:
+    """A clock (`time.time` or `time.monotonic` stand-in) that moves only when told to."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+class Collector:
+    """A thread-safe change sink that keeps every change delivered to it.
+
+    `hide`: changes whose path starts with it are left out of `changes`, `paths` and `pairs`
+    (markers a test writes to know a watcher has caught up), though `has` and `wait` see them.
+    """
+
+    def __init__(self, hide: str | None = None) -> None:
+        self._lock = threading.Lock()
+        self._changes: list[Change] = []
+        self._hide = hide
+
+    def __call__(self, change: Change) -> None:
+        with self._lock:
+            self._changes.append(change)
+
+    @property
+    def changes(self) -> list[Change]:
+        with self._lock:
+            hide = self._hide
+            return [c for c in self._changes if hide is None or not c.path.startswith(hide)]
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return len(self._changes)
+
+    def paths(self, *kinds: ChangeKind) -> set[str]:
+        return {c.path for c in self.changes if not kinds or c.kind in kinds}
+
+    def pairs(self) -> set[tuple[str, ChangeKind]]:
+        return {(c.path, c.kind) for c in self.changes}
+
+    def take(self) -> list[Change]:
+        """What arrived since the last take."""
+        with self._lock:
+            taken, self._changes = self._changes, []
+        return taken
+
+    def mark(self) -> int:
+        """A position for `has`/`wait(since=...)`: only changes delivered after it count."""
+        with self._lock:
+            return len(self._changes)
+
+    def has(self, path: str, *kinds: ChangeKind, since: int = 0) -> bool:
+        with self._lock:
+            return any(
+                c.path == path and (not kinds or c.kind in kinds) for c in self._changes[since:]
+            )
+
+    def wait(self, path: str, *kinds: ChangeKind, since: int = 0, timeout: float = 5.0) -> None:
+        """Until `path` arrives (as one of `kinds`, if given) after `since`."""
+        wait_for(
+            lambda: self.has(path, *kinds, since=since),
+            timeout,
+            what=f"{path!r} {kinds or 'any'}",
+        )
+
+    def wait_count(self, n: int, timeout: float = 10.0) -> list[Change]:
+        """Until at least `n` changes arrived; all of them."""
+        wait_for(lambda: self.count >= n, timeout, what=f"{n} changes delivered")
+        return self.changes
 
 
 def write_config(

@@ -13,20 +13,10 @@ from botocore.config import Config
 
 from invalidatord.model import InFlight
 from invalidatord.testing.cloudfront import CloudFrontEmulator, path_problem
+from tests.harness import FakeClock
 
 from .conftest import EmulatorFactory
 
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-# One session for the whole file: it caches service models, so each client costs ~10 ms.
-# Explicit throwaway keys: these tests never depend on the environment's credentials.
 _SESSION = boto3.session.Session(
     aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
 )

@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,50 +31,13 @@ from invalidatord.sources.filesystem import (
 )
 from invalidatord.sources.memory import MemorySource
 from invalidatord.sources.watcher import Watch
+from tests.harness import Collector
 from tests.waiting import wait_for
 
 K = ChangeKind
 #: The ignore list of the design card's example config (no `4913`).
 DESIGN_IGNORE = (".git/", "*.swp", "*~", ".#*")
 SETTLE = "zz-settled"
-
-
-class Collector:
-    """A thread-safe sink that remembers every change delivered."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._changes: list[Change] = []
-
-    def __call__(self, change: Change) -> None:
-        with self._lock:
-            self._changes.append(change)
-
-    @property
-    def changes(self) -> list[Change]:
-        with self._lock:
-            return [c for c in self._changes if not c.path.startswith(SETTLE)]
-
-    def paths(self, *kinds: ChangeKind) -> set[str]:
-        return {c.path for c in self.changes if not kinds or c.kind in kinds}
-
-    def mark(self) -> int:
-        """A position for `has`/`wait(since=...)`: only changes delivered after it count."""
-        with self._lock:
-            return len(self._changes)
-
-    def has(self, path: str, *kinds: ChangeKind, since: int = 0) -> bool:
-        with self._lock:
-            return any(
-                c.path == path and (not kinds or c.kind in kinds) for c in self._changes[since:]
-            )
-
-    def wait(self, path: str, *kinds: ChangeKind, since: int = 0, timeout: float = 5.0) -> None:
-        wait_for(
-            lambda: self.has(path, *kinds, since=since),
-            timeout,
-            what=f"{path!r} {kinds or 'any'}",
-        )
 
 
 Start = Callable[..., FilesystemSource]
@@ -90,7 +52,7 @@ def root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def sink() -> Collector:
-    return Collector()
+    return Collector(hide=SETTLE)
 
 
 @pytest.fixture(params=[True, False], ids=["process", "inline"])

@@ -16,6 +16,7 @@ from invalidatord.metrics import Metrics
 from invalidatord.model import ChangeKind, FileStat
 from invalidatord.pipeline import DebounceSettings, Pipeline
 from invalidatord.sources.memory import MemorySource
+from tests.harness import FakeClock
 
 K = ChangeKind
 
@@ -30,15 +31,7 @@ class CountingSource(MemorySource):
         return super().stat(path)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-Setup = tuple[Pipeline, CountingSource, Journal, Clock]
+Setup = tuple[Pipeline, CountingSource, Journal, FakeClock]
 
 
 @pytest.fixture
@@ -55,7 +48,7 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
     source = CountingSource("docroot", sink, clock=lambda: 100.0)
     source.set_file("known.html", FileStat(1, 1, 1))
     journal.record_baseline("docroot", source.scan())
-    clock = Clock()
+    clock = FakeClock()
     pipeline = Pipeline(
         sources={"docroot": source},
         scanners={"docroot": source},
@@ -78,7 +71,7 @@ def _run_window(pipeline: Pipeline) -> None:
         pipeline.run_once()
 
 
-def _close_window(pipeline: Pipeline, clock: Clock) -> None:
+def _close_window(pipeline: Pipeline, clock: FakeClock) -> None:
     clock.now += 11.0
     pipeline.run_once()
 

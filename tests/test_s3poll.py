@@ -28,34 +28,11 @@ from invalidatord.journal import Journal
 from invalidatord.model import Change, ChangeKind
 from invalidatord.sources.s3poll import PollResult, S3PollSource
 from invalidatord.testing.cloudfront import CloudFrontEmulator
-from tests.harness import aws_test_env
+from tests.harness import Collector, aws_test_env
 from tests.waiting import wait_for
 
 C, M, D = ChangeKind.CREATED, ChangeKind.MODIFIED, ChangeKind.DELETED
 BUCKET = "site-bucket"
-
-
-class Collector:
-    """A thread-safe sink that keeps what it was given."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._changes: list[Change] = []
-
-    def __call__(self, change: Change) -> None:
-        with self._lock:
-            self._changes.append(change)
-
-    def take(self) -> list[Change]:
-        """What arrived since the last take."""
-        with self._lock:
-            taken, self._changes = self._changes, []
-        return taken
-
-    @property
-    def count(self) -> int:
-        with self._lock:
-            return len(self._changes)
 
 
 def pairs(changes: list[Change]) -> set[tuple[str, ChangeKind]]:

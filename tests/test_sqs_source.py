@@ -7,7 +7,6 @@ source talks to it over HTTP with boto3, exactly as the daemon does.
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.request
 import uuid
@@ -25,6 +24,7 @@ from structlog.testing import capture_logs
 from invalidatord.errors import SourceError
 from invalidatord.model import Change, ChangeKind
 from invalidatord.sources.sqs import EXCERPT_CHARS, SqsSource
+from tests.harness import Collector
 from tests.waiting import wait_for
 
 DATA = Path(__file__).parent / "data" / "s3events"
@@ -118,30 +118,6 @@ def aws(moto_url: str, aws_env: None) -> Aws:
     )
 
 
-class Collector:
-    """A thread-safe sink that keeps what it was given."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._changes: list[Change] = []
-
-    def __call__(self, change: Change) -> None:
-        with self._lock:
-            self._changes.append(change)
-
-    @property
-    def changes(self) -> list[Change]:
-        with self._lock:
-            return list(self._changes)
-
-    def pairs(self) -> set[tuple[str, ChangeKind]]:
-        return {(c.path, c.kind) for c in self.changes}
-
-    def wait(self, n: int, timeout: float = 10.0) -> list[Change]:
-        wait_for(lambda: len(self.changes) >= n, timeout, what=f"{n} changes delivered")
-        return self.changes
-
-
 SourceFactory = Callable[..., SqsSource]
 
 
@@ -221,7 +197,7 @@ def test_direct_notifications_arrive_as_changes_with_decoded_keys(
     aws.s3.delete_object(Bucket="site-bucket", Key="dir/red flower.jpg")
 
     # moto sends two created events for a multipart upload: 7 messages in all
-    changes = sink.wait(7)
+    changes = sink.wait_count(7)
     assert sink.pairs() == {
         ("dir/red flower.jpg", C),
         ("a+b 100%.txt", C),
@@ -267,7 +243,7 @@ def test_a_message_is_deleted_only_once_every_change_of_it_is_acknowledged(
     source.start()
     aws.sqs.send_message(QueueUrl=url, MessageBody=two)
     aws.sqs.send_message(QueueUrl=url, MessageBody=one)
-    changes = sink.wait(3)
+    changes = sink.wait_count(3)
     by_path = {c.path: c.receipt for c in changes}
     assert None not in by_path.values()
     assert aws.counts(url) == (0, 2)
@@ -310,8 +286,8 @@ def test_s3_through_sns_with_and_without_raw_delivery(aws: Aws, make_source: Sou
     aws.s3.delete_object(Bucket="site-bucket", Key="news/hello world+.html")
 
     expected = {("news/hello world+.html", C), ("news/hello world+.html", D)}
-    enveloped.wait(2)
-    raw.wait(2)
+    enveloped.wait_count(2)
+    raw.wait_count(2)
     assert enveloped.pairs() == expected
     assert raw.pairs() == expected
     wait_for(lambda: aws.counts(enveloped_url) == (0, 2), 5, what="enveloped test event deleted")
@@ -339,7 +315,7 @@ def test_s3_through_eventbridge(aws: Aws, make_source: SourceFactory) -> None:
     aws.s3.put_object(Bucket="site-bucket", Key="img/red flower+1%.jpg", Body=b"1")
     aws.s3.delete_object(Bucket="site-bucket", Key="img/red flower+1%.jpg")
 
-    sink.wait(2)
+    sink.wait_count(2)
     assert sink.pairs() == {("img/red flower+1%.jpg", C), ("img/red flower+1%.jpg", D)}
 
 
@@ -361,7 +337,7 @@ def test_bucket_and_prefix_filter_and_strip(aws: Aws, make_source: SourceFactory
     aws.s3.put_object(Bucket="other-bucket", Key="site/b.html", Body=b"1")
     aws.s3.put_object(Bucket="site-bucket", Key="site/docs/index.html", Body=b"1")
 
-    changes = sink.wait(1)
+    changes = sink.wait_count(1)
     wait_for(lambda: aws.counts(url) == (0, 1), 5, what="filtered and test messages deleted")
     assert [(c.path, c.kind) for c in sink.changes] == [("docs/index.html", C)]
     assert changes[0].path == "docs/index.html"
@@ -387,7 +363,7 @@ def test_malformed_and_unknown_messages_are_logged_kept_and_survived(
     with capture_logs() as logs:
         source = make_source(url, sink, visibility_timeout=2, receivers=1)
         source.start()
-        (change,) = sink.wait(1)
+        (change,) = sink.wait_count(1)
         wait_for(
             lambda: (
                 {e.get("message_id") for e in logs if e["event"] == "sqs_message_malformed"}
@@ -421,7 +397,7 @@ def test_held_messages_are_kept_invisible_past_their_timeout(
     sink = Collector()
     source = make_source(url, sink, visibility_timeout=2, receivers=1)
     source.start()
-    sink.wait(1)
+    sink.wait_count(1)
 
     # another consumer polls for more than two timeouts' worth and must get nothing
     assert aws.receive_all(url, within=4.5) == []
@@ -446,7 +422,7 @@ def test_receive_errors_make_it_unhealthy_then_it_recovers(
         assert aws.sqs.create_queue(QueueName=url.rsplit("/", 1)[1])["QueueUrl"] == url
         wait_for(lambda: source.healthy, 10, what="healthy again")
         aws.sqs.send_message(QueueUrl=url, MessageBody=(DATA / "aws-put.json").read_text())
-        sink.wait(1)
+        sink.wait_count(1)
     failed = [e for e in logs if e["event"] == "sqs_receive_failed"]
     assert failed
     assert failed[0]["code"] == "AWS.SimpleQueueService.NonExistentQueue"
@@ -472,7 +448,7 @@ def test_after_stop_nothing_is_delivered_and_acknowledge_deletes_at_once(
     source = make_source(url, sink, receivers=1)
     source.start()
     aws.sqs.send_message(QueueUrl=url, MessageBody=(DATA / "aws-put.json").read_text())
-    (held,) = sink.wait(1)
+    (held,) = sink.wait_count(1)
 
     source.stop()
     assert not source.healthy

@@ -17,19 +17,12 @@ from invalidatord.metrics import Metrics
 from invalidatord.planner import Limits
 from invalidatord.submitter import Submitter
 from invalidatord.testing.cloudfront import CloudFrontEmulator
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.harness import FakeClock
 
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1_000_000.0)
 
 
 @pytest.fixture

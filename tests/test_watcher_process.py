@@ -30,8 +30,7 @@ from invalidatord.sources.watcher import (
     _PipeWriter,
 )
 from invalidatord.testing.cloudfront import CloudFrontEmulator
-from tests.harness import emulator_config, received, running_daemon, write_config
-from tests.test_filesystem_source import Collector
+from tests.harness import Collector, emulator_config, received, running_daemon, write_config
 from tests.waiting import wait_for
 
 K = ChangeKind
