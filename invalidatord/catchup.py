@@ -97,8 +97,6 @@ def diff(
     path: a merge of unsorted listings would report files as created and deleted at random.
     """
     changes: list[Change] = []
-    append = changes.append
-    precedes = _precedes
     disk_rows = iter(disk)
     index_rows = iter(index)
     on_disk = next(disk_rows, None)
@@ -108,22 +106,22 @@ def diff(
         path, stat = on_disk
         old_path, old_stat = indexed
         if path == old_path:
-            if not (last < path and path.isascii()) and not precedes(last, path):
+            if not _precedes(last, path):
                 _out_of_order(last, path, "tree listing and index")
             if stat != old_stat:
-                append(Change(source, path, _MODIFIED, now))
+                changes.append(Change(source, path, _MODIFIED, now))
             on_disk = next(disk_rows, None)
             indexed = next(index_rows, None)
-        elif precedes(path, old_path):
-            if not precedes(last, path):
+        elif _precedes(path, old_path):
+            if not _precedes(last, path):
                 _out_of_order(last, path, "tree listing")
-            append(Change(source, path, _CREATED, now))
+            changes.append(Change(source, path, _CREATED, now))
             on_disk = next(disk_rows, None)
         else:
             path = old_path
-            if not precedes(last, path):
+            if not _precedes(last, path):
                 _out_of_order(last, path, "index")
-            append(Change(source, path, _DELETED, now))
+            changes.append(Change(source, path, _DELETED, now))
             indexed = next(index_rows, None)
         last = path
     tails = (
@@ -134,14 +132,14 @@ def diff(
         if head is None:
             continue
         path = head[0]
-        if not precedes(last, path):
+        if not _precedes(last, path):
             _out_of_order(last, path, name)
-        append(Change(source, path, kind, now))
+        changes.append(Change(source, path, kind, now))
         last = path
         for path, _ in rest:
-            if not precedes(last, path):
+            if not _precedes(last, path):
                 _out_of_order(last, path, name)
-            append(Change(source, path, kind, now))
+            changes.append(Change(source, path, kind, now))
             last = path
     return changes
 

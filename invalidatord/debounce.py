@@ -148,9 +148,8 @@ class Debouncer:
 
     def add_many(self, changes: Iterable[Change], now: float) -> None:
         """Record every change of `changes`, all observed at monotonic time `now`."""
-        add = self.add
         for change in changes:
-            add(change, now)
+            self.add(change, now)
 
     def next_due(self) -> float | None:
         """The monotonic time from which `due()` is true, None while nothing is pending.

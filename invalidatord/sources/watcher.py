@@ -627,10 +627,6 @@ class WatchProcess:
         return self._proc.pid if self._proc is not None else None
 
     def _read(self, fd: int) -> None:
-        events = self.events
-        change = events.change
-        kinds = _CODE_KIND
-        fsdecode = os.fsdecode
         tail = b""
         try:
             while True:
@@ -641,9 +637,9 @@ class WatchProcess:
                 tail = frames.pop()
                 for frame in frames:
                     code = frame[0]
-                    kind = kinds.get(code)
+                    kind = _CODE_KIND.get(code)
                     if kind is not None:
-                        change(fsdecode(frame[1:]), kind)
+                        self.events.change(os.fsdecode(frame[1:]), kind)
                     else:
                         self._control(code, frame[1:])
         finally:
