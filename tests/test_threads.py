@@ -12,9 +12,9 @@ from apscheduler.schedulers.base import STATE_STOPPED
 from invalidatord.config import load_config
 from invalidatord.contracts import CloudFront
 from invalidatord.daemon import Daemon
-from invalidatord.emulator import CloudFrontEmulator
 from invalidatord.factory import cloudfront_for
 from invalidatord.model import Invalidation
+from invalidatord.testing.cloudfront import CloudFrontEmulator
 from tests.harness import emulator_config, make_site, received
 from tests.waiting import wait_for
 
