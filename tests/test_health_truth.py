@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from invalidatord.emulator import CloudFrontEmulator
+from invalidatord.testing.cloudfront import CloudFrontEmulator
 from tests.harness import aws_test_env, emulator_config, received, running_daemon
 from tests.waiting import wait_for
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from invalidatord.emulator import CloudFrontEmulator
+from invalidatord.testing.cloudfront import CloudFrontEmulator
 from tests.harness import DaemonProcess, emulator_config, received, running_daemon
 from tests.test_metrics_health import NotifySocket, systemd_env
 from tests.waiting import wait_for
