@@ -83,6 +83,76 @@ def test_check_reports_every_problem_with_file_line_and_key(tmp_path: Path) -> N
     assert any(line.startswith(f"{bad}:12: debounse:") for line in lines), lines
 
 
+def bomb_config(path: Path, root: Path) -> Path:
+    """A valid-looking config with a "billion laughs" alias bomb (9**9 values) appended."""
+    lines = [
+        "distributions: {www: {id: E2EXAMPLE12345}}",
+        f"sources: [{{name: docroot, type: filesystem, root: '{root}'}}]",
+        'x0: &x0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]',
+    ]
+    for level in range(1, 9):
+        lines.append(f"x{level}: &x{level} [{', '.join([f'*x{level - 1}'] * 9)}]")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_check_refuses_an_alias_bomb_with_one_line(tmp_path: Path) -> None:
+    """A "billion laughs" config is exit 2 with one located line, no MemoryError, no
+    traceback (it used to run for a minute and die)."""
+    bomb = bomb_config(tmp_path / "bomb.yaml", tmp_path)
+    result = cli("check", "-c", str(bomb))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"{bomb}:11: invalid YAML: aliases expand to more than 100000 values "
+        "(an alias bomb?); write the values out or reuse fewer of them"
+    ]
+
+
+def test_check_substitutes_the_environment_and_names_an_unset_variable(tmp_path: Path) -> None:
+    """`${VAR}` comes from the environment `check` runs in; an unset one is exit 2 naming it."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "distributions: {www: {id: '${WWW_ID}'}}\n"
+        f"sources: [{{name: docroot, type: filesystem, root: '{tmp_path}'}}]\n"
+    )
+    env = {k: v for k, v in aws_test_env().items() if k != "WWW_ID"}
+    result = cli("check", "-c", str(config), env={**env, "WWW_ID": "E7FROMENV"})
+    assert result.returncode == 0, result.stderr
+    assert "  distribution www: E7FROMENV" in result.stdout.splitlines()
+    result = cli("check", "-c", str(config), env=env)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"{config}:1: distributions.www.id: environment variable 'WWW_ID' is "
+        "not set (set it, or give a default: ${WWW_ID:-value})"
+    ]
+
+
+def test_check_warns_of_overlapping_roots_and_suggests_a_key(tmp_path: Path) -> None:
+    """`check` warns when one filesystem source watches inside another, and an unknown key
+    comes with the nearest known one."""
+    (tmp_path / "blog").mkdir()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "distributions: {www: {id: E2EXAMPLE12345}}\n"
+        "sources:\n"
+        "  - {name: docroot, type: filesystem, root: .}\n"
+        "  - {name: blog, type: filesystem, root: blog}\n"
+    )
+    result = cli("check", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"warning: {config}:4: sources[1].root: is inside the root of sources[0] ('docroot'): "
+        "changes under it are seen twice"
+    ) in result.stderr.splitlines()
+    config.write_text(config.read_text() + "aws: {regon: eu-west-1}\n")
+    result = cli("check", "-c", str(config))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"{config}:5: aws.regon: unknown key 'regon' (expected one of: region, "
+        "profile, endpoint_url, role_arn); did you mean 'region'?"
+    ]
+
+
 def test_missing_config_file_is_exit_2(tmp_path: Path) -> None:
     """A config path that does not exist: exit 2, one line naming it."""
     result = cli("check", "-c", str(tmp_path / "nope.yaml"))

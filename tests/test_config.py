@@ -29,6 +29,7 @@ from invalidatord.config import (
     parse_listen,
     references,
 )
+from invalidatord.config.linemap import MAX_ALIAS_EXPANSION
 from invalidatord.errors import ConfigError
 from invalidatord.mapping import Mapper
 
@@ -189,14 +190,17 @@ CASES: list[tuple[str, str, list[str]]] = [
     (
         "unknown top-level key",
         VALID + "debounse: 2s\n",
-        [f"config.yaml:8: debounse: unknown key 'debounse' (expected one of: {TOP_KEYS})"],
+        [
+            f"config.yaml:8: debounse: unknown key 'debounse' (expected one of: {TOP_KEYS}); "
+            "did you mean 'debounce'?"
+        ],
     ),
     (
         "unknown nested key",
         VALID + "aws:\n  regoin: eu-west-1\n",
         [
             "config.yaml:9: aws.regoin: unknown key 'regoin' "
-            "(expected one of: region, profile, endpoint_url, role_arn)"
+            "(expected one of: region, profile, endpoint_url, role_arn); did you mean 'region'?"
         ],
     ),
     (
@@ -204,7 +208,8 @@ CASES: list[tuple[str, str, list[str]]] = [
         VALID + "    watch: inotify\n",
         [
             "config.yaml:8: sources[0].watch: unknown key 'watch' (expected one of: name, type, "
-            "root, ignore, watcher, poll_interval, watcher_process, rescan_interval)"
+            "root, ignore, watcher, poll_interval, watcher_process, rescan_interval); "
+            "did you mean 'watcher'?"
         ],
     ),
     (
@@ -507,7 +512,7 @@ debounce:
 """
     assert problems(text) == [
         "config.yaml:3: aws.regoin: unknown key 'regoin' "
-        "(expected one of: region, profile, endpoint_url, role_arn)",
+        "(expected one of: region, profile, endpoint_url, role_arn); did you mean 'region'?",
         "config.yaml:6: distributions.www.id: expected a CloudFront distribution id "
         "(upper-case letters and digits, such as E2EXAMPLE12345), got 'e2bad'",
         f"config.yaml:10: sources[0].root: does not exist: {workdir}/nowhere",
@@ -865,4 +870,136 @@ def test_config_errors_never_escape_as_tracebacks(workdir: Path) -> None:
         f"config.yaml:8: base: unknown key 'base' (expected one of: {TOP_KEYS})",
         "config.yaml:12: key 1 is not a string",
         "config.yaml:13: log: expected a mapping of keys, got a set",
+    ]
+
+
+# --- alias bombs -----------------------------------------------------------------------------
+
+
+def billion_laughs(levels: int = 9) -> str:
+    """The classic alias bomb: `levels` lists of nine aliases to the level before (9**levels)."""
+    out = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(1, levels):
+        items = ", ".join([f"*a{level - 1}"] * 9)
+        out.append(f"a{level}: &a{level} [{items}]")
+    return "\n".join(out) + "\n"
+
+
+def test_an_alias_bomb_is_refused_at_the_line_of_the_alias_that_expands_most(
+    workdir: Path,
+) -> None:
+    """A "billion laughs" file is one located problem (never a MemoryError): the aliases are
+    measured on the composed graph before anything expands them."""
+    text = VALID + billion_laughs()
+    assert problems(text) == [
+        f"config.yaml:{7 + 9}: invalid YAML: aliases expand to more than {MAX_ALIAS_EXPANSION} "
+        "values (an alias bomb?); write the values out or reuse fewer of them"
+    ]
+
+
+def test_aliases_that_expand_modestly_still_load(workdir: Path) -> None:
+    """Anchors reused a few times (shared settings, a 3**9 list below the bound) load, and
+    their keys are located as usual."""
+    text = VALID + (
+        "  - &fs {name: second, type: filesystem, root: site, watcher: polling}\n"
+        "rules:\n"
+        "  - &rule {match: '*.css', source: second, urls: ['/{path}']}\n"
+        "  - *rule\n"
+    )
+    cfg = load_config_text(text, base_dir=workdir)
+    assert [rule.match for rule in cfg.rules] == ["*.css", "*.css"]
+    thrice = "".join(
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 3)}]\n" if i else "a0: &a0 [x, y, z]\n"
+        for i in range(9)
+    )
+    assert MAX_ALIAS_EXPANSION > 3**9
+    assert problems(VALID + thrice)[0].startswith("config.yaml:8: a0: unknown key 'a0'")
+
+
+# --- ${VAR} from the environment -------------------------------------------------------------
+
+
+def test_variables_are_substituted_in_values(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`${VAR}`, `${VAR:-default}` (also for an empty VAR) and `$$` in scalar values; a plain
+    scalar is typed from its substituted text, a quoted one stays a string."""
+    monkeypatch.setenv("DIST_ID", "E3FROMENV")
+    monkeypatch.setenv("RECEIVERS", "4")
+    monkeypatch.setenv("EMPTY", "")
+    monkeypatch.delenv("UNSET_PREFIX", raising=False)
+    text = (
+        "distributions:\n"
+        "  www: {id: '${DIST_ID}'}\n"
+        "sources:\n"
+        "  - name: q\n"
+        "    type: sqs\n"
+        "    queue_url: https://sqs.${REGION:-eu-west-1}.amazonaws.com/1/q-${EMPTY:-dev}\n"
+        "    prefix: ${UNSET_PREFIX:-public/}\n"
+        "    bucket: cost-$$5-$x\n"
+        "    receivers: ${RECEIVERS}\n"
+    )
+    cfg = load_config_text(text, base_dir=workdir)
+    source = cfg.sources[0]
+    assert isinstance(source, SqsSourceConfig)
+    assert cfg.distributions["www"].id == "E3FROMENV"
+    assert source.queue_url == "https://sqs.eu-west-1.amazonaws.com/1/q-dev"
+    assert (source.prefix, source.bucket, source.receivers) == ("public/", "cost-$5-$x", 4)
+
+
+def test_an_unset_variable_is_an_error_at_its_line_naming_it(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A variable without a default that is not set, or a malformed `${`, is a located
+    problem naming it; the other problems of the file are reported with it."""
+    monkeypatch.delenv("NOPE_ID", raising=False)
+    text = (
+        "distributions:\n"
+        "  www:\n"
+        "    id: ${NOPE_ID}\n"
+        "sources:\n"
+        "  - {name: docroot, type: filesystem, root: 'site/${unclosed'}\n"
+        "  - {name: x, type: filesystem, root: '${not a name}'}\n"
+    )
+    assert problems(text) == [
+        "config.yaml:3: distributions.www.id: environment variable 'NOPE_ID' is not set "
+        "(set it, or give a default: ${NOPE_ID:-value})",
+        "config.yaml:5: sources[0].root: unclosed '${' in 'site/${unclosed' "
+        "(write $$ for a literal $)",
+        "config.yaml:6: sources[1].root: '${not a name}' is not a variable reference such as "
+        "${NAME} or ${NAME:-default} (write $$ for a literal $)",
+    ]
+
+
+def test_variables_are_never_substituted_in_keys(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `${VAR}` written as a key stays as written (and is an unknown key)."""
+    monkeypatch.setenv("KEY", "debounce")
+    assert problems(VALID + "${KEY}: {quiet: 1s}\n") == [
+        f"config.yaml:8: ['${{KEY}}']: unknown key '${{KEY}}' (expected one of: {TOP_KEYS})"
+    ]
+
+
+# --- warnings for sources that overlap -------------------------------------------------------
+
+
+def test_filesystem_sources_watching_the_same_tree_are_warned_of(workdir: Path) -> None:
+    """Two sources on one root, or one root inside another, draw a warning on the later or
+    inner source: every change there would be seen twice."""
+    (workdir / "site" / "blog").mkdir()
+    (workdir / "other").mkdir()
+    text = VALID + (
+        "  - {name: again, type: filesystem, root: site}\n"
+        "  - {name: blog, type: filesystem, root: site/blog}\n"
+        "  - {name: other, type: filesystem, root: other}\n"
+    )
+    cfg = load_config_text(text, "config.yaml", base_dir=workdir)
+    assert [w for w in config_warnings(cfg) if "seen twice" in w] == [
+        "config.yaml:8: sources[1].root: same root as sources[0] ('docroot'): "
+        "changes are seen twice",
+        "config.yaml:9: sources[2].root: is inside the root of sources[0] ('docroot'): "
+        "changes under it are seen twice",
+        "config.yaml:9: sources[2].root: is inside the root of sources[1] ('again'): "
+        "changes under it are seen twice",
     ]

@@ -295,6 +295,25 @@ def test_sighup_with_an_invalid_config_is_rejected_with_checks_messages(
     assert proc.stop() == 0
 
 
+def test_sighup_with_an_alias_bomb_is_rejected_and_the_daemon_keeps_running(
+    running: tuple[DaemonProcess, Path, NotifySocket], cloudfront: CloudFrontEmulator, docroot: Path
+) -> None:
+    """A "billion laughs" config sent with SIGHUP is one `reload_rejected` line; the daemon
+    neither dies nor stalls (it used to exit 1 with a MemoryError) and the old rules run."""
+    proc, config, _notify = running
+    bomb = ['x0: &x0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    bomb += [f"x{n}: &x{n} [{', '.join([f'*x{n - 1}'] * 9)}]" for n in range(1, 9)]
+    config.write_text(config.read_text() + "\n".join(bomb) + "\n")
+    proc.signal(signal.SIGHUP)
+    proc.wait_event("reload_kept_old_config")
+    (rejected,) = proc.find("reload_rejected")
+    assert "invalid YAML: aliases expand to more than 100000 values" in rejected["problem"]
+    assert proc.health()[0] == 200
+    (docroot / "after-bomb.html").write_text("old rules")
+    wait_for(lambda: "/after-bomb.html" in received(cloudfront), 20, what="the old rule")
+    assert proc.stop() == 0
+
+
 def test_sighup_with_a_config_that_cannot_start_keeps_the_old_one(
     running: tuple[DaemonProcess, Path, NotifySocket], cloudfront: CloudFrontEmulator, docroot: Path
 ) -> None:

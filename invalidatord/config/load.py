@@ -66,7 +66,7 @@ def _load(text: str, filename: str, base_dir: Path | None, source_path: Path | N
         return ConfigError([f"{filename}:{line}: {message}" for line, message in ordered])
 
     try:
-        data, lines, problems = parse_yaml(text)
+        data, lines, problems, unresolved = parse_yaml(text)
     except yaml.YAMLError as exc:
         raise fail([yaml_problem(exc, text)]) from None
     if data is None:
@@ -79,7 +79,9 @@ def _load(text: str, filename: str, base_dir: Path | None, source_path: Path | N
         raise fail([(lines.get((), 1), message)])
     if "source_path" in data:  # set from the file's location, never read from the file
         path: Loc = ("source_path",)
-        problems.append((lines[path], join(path, unknown_key("source_path", Config))))
+        problems.append(
+            (lines[path], join(path, unknown_key("source_path", Config, suggest=False)))
+        )
         data = {k: v for k, v in data.items() if k != "source_path"}
 
     try:
@@ -87,6 +89,8 @@ def _load(text: str, filename: str, base_dir: Path | None, source_path: Path | N
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
             path, message = translate(error, data)
+            if path in unresolved:  # already reported: a variable that is not set
+                continue
             if error["type"] == "invalid_key":  # the line of the key itself, below `path`
                 line = line_of((*path, error["loc"][-1]), lines)
             else:

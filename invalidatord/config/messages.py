@@ -7,6 +7,7 @@ path and the type declared there, and words the message for someone editing the 
 
 from __future__ import annotations
 
+import difflib
 import types
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Union, get_args, get_origin
@@ -100,11 +101,16 @@ def _model_keys(model: Any) -> list[str]:
     return [name for name, field in model.model_fields.items() if not field.exclude]
 
 
-def unknown_key(key: object, model: Any) -> str:
-    """The message for a key `model` does not have, listing the keys it has."""
+def unknown_key(key: object, model: Any, *, suggest: bool = True) -> str:
+    """The message for a key `model` does not have, listing the keys it has and suggesting
+    the nearest one (a typo is the usual reason)."""
     expected = _model_keys(model)
     hint = f" (expected one of: {', '.join(expected)})" if expected else ""
-    return f"unknown key {key!r}{hint}"
+    nearest = (
+        difflib.get_close_matches(key, expected, n=1) if isinstance(key, str) and suggest else []
+    )
+    suggestion = f"; did you mean {nearest[0]!r}?" if nearest else ""
+    return f"unknown key {key!r}{hint}{suggestion}"
 
 
 def _bounds(model_path: Loc, data: object) -> tuple[object, object]:

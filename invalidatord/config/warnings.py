@@ -88,6 +88,8 @@ def config_warnings(cfg: Config) -> list[str]:
                 (("sources", i, "wait_time"), "0 turns long polling off: many more SQS requests")
             )
 
+    found += _overlapping_roots(cfg)
+
     if cfg._filename is None:
         return [join(path, message) for path, message in found]
     located = sorted(
@@ -95,6 +97,32 @@ def config_warnings(cfg: Config) -> list[str]:
         key=lambda warning: warning[0],
     )
     return [f"{cfg._filename}:{line}: {text}" for line, text in located]
+
+
+def _overlapping_roots(cfg: Config) -> list[tuple[Loc, str]]:
+    """Two filesystem sources watching the same tree (or one inside the other) see every
+    change twice: twice the watches, and both sources' rules apply."""
+    found: list[tuple[Loc, str]] = []
+    roots = [
+        (i, source)
+        for i, source in enumerate(cfg.sources)
+        if isinstance(source, FilesystemSourceConfig)
+    ]
+    for i, source in roots:
+        for j, other in roots:
+            if j == i:
+                continue
+            if source.root == other.root and j < i:
+                message = f"same root as sources[{j}] ({other.name!r}): changes are seen twice"
+            elif source.root != other.root and source.root.is_relative_to(other.root):
+                message = (
+                    f"is inside the root of sources[{j}] ({other.name!r}): "
+                    "changes under it are seen twice"
+                )
+            else:
+                continue
+            found.append((("sources", i, "root"), message))
+    return found
 
 
 def _safe_rule_distributions(cfg: Config, i: int) -> tuple[str, ...]:
