@@ -15,7 +15,7 @@ from typing import Any
 from invalidatord.cloudfront import Boto3CloudFront, DryRunCloudFront, make_session
 from invalidatord.config import Config
 from invalidatord.contracts import CloudFront
-from invalidatord.journal import Journal
+from invalidatord.journal import Journal, make_state_dir, open_state_file
 from invalidatord.mapping import Mapper
 from invalidatord.metrics import Metrics
 from invalidatord.planner import Limits
@@ -86,12 +86,12 @@ class StateLock:
     uses it to learn whether a daemon is running (and will submit for it)."""
 
     def __init__(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        make_state_dir(state_dir)
         self.path = state_dir / LOCK_NAME
         self._fd: int | None = None
 
     def acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_state_file(self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -36,6 +36,11 @@ from invalidatord.model import FileStat, InFlight, S3Stamp, is_wildcard
 
 SCHEMA_VERSION = 1
 
+#: The state dir and every file in it belong to the daemon; its group may read them (a
+#: monitoring user in the group can run `status`), nobody else. Set whatever the umask is.
+STATE_DIR_MODE = 0o750
+STATE_FILE_MODE = 0o640
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS pending (
@@ -142,6 +147,37 @@ def _wildcard_range(wildcard: str) -> tuple[str, str]:
     return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else "\x7f"
 
 
+def make_state_dir(path: Path) -> None:
+    """Create `path` and its missing parents `STATE_DIR_MODE`, whatever the umask. A directory
+    that exists already is left as its owner set it."""
+    missing: list[Path] = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=STATE_DIR_MODE)
+        except FileExistsError:
+            continue
+        os.chmod(directory, STATE_DIR_MODE)  # mkdir's mode passes through the umask
+
+
+def open_state_file(path: Path, flags: int = os.O_RDWR) -> int:
+    """Open (creating it `STATE_FILE_MODE`) a file of the state dir; one left more open by an
+    older version or another umask loses what it grants beyond that mode."""
+    fd = os.open(path, flags | os.O_CREAT, STATE_FILE_MODE)
+    try:
+        mode = os.fstat(fd).st_mode & 0o777
+        if mode & ~STATE_FILE_MODE:
+            os.fchmod(fd, mode & STATE_FILE_MODE)
+    except PermissionError:
+        pass  # not ours to change: it works as it is
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class Journal:
     """The durable record. Thread-safe within a process; safe across processes (WAL)."""
 
@@ -151,7 +187,12 @@ class Journal:
         self._lock = threading.RLock()
         try:
             if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                make_state_dir(Path(self.path).parent)
+                # SQLite creates its WAL and SHM with the database file's mode: create that
+                # first, private. Left-overs of a crash are tightened the same way.
+                for name in (self.path, f"{self.path}-wal", f"{self.path}-shm"):
+                    if name == self.path or os.path.exists(name):
+                        os.close(open_state_file(Path(name)))
             self._db = sqlite3.connect(
                 self.path, timeout=30, check_same_thread=False, isolation_level=None
             )

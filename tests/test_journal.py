@@ -231,3 +231,26 @@ def test_a_wildcard_batch_consumes_every_pending_path_it_covers(tmp_path: Path) 
     _accept(j, "/img/a.png", "/img/sub/b.png", "/img/*", "/imgx/c.png", "/index.html")
     j.create_batch("www", ["/img/*"], ["/img/*"])
     assert sorted(j.pending_paths("www", 10)) == ["/imgx/c.png", "/index.html"]
+
+
+def test_state_dir_and_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    """Under umask 022 the state dir is created 0750 and the journal, its WAL and SHM and the
+    daemon lock 0640 or tighter: nothing in it is readable by other users."""
+    from invalidatord.factory import StateLock
+
+    state = tmp_path / "state" / "invalidatord"
+    old = os.umask(0o022)
+    try:
+        j = Journal(state / "journal.sqlite")
+        _accept(j, "/a")  # a write: the WAL and SHM exist from here on
+        lock = StateLock(state)
+        assert lock.acquire()
+        files = [state / n for n in ("journal.sqlite", "journal.sqlite-wal", "journal.sqlite-shm")]
+        modes = {p.name: p.stat().st_mode & 0o777 for p in [*files, lock.path]}
+        lock.release()
+        j.close()
+    finally:
+        os.umask(old)
+    assert (state.stat().st_mode & 0o777) == 0o750
+    assert (state.parent.stat().st_mode & 0o777) == 0o750
+    assert all(mode & ~0o640 == 0 for mode in modes.values()), modes
