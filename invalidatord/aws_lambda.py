@@ -32,7 +32,9 @@ What it does, in plain words:
 - **A path CloudFront refuses** (InvalidArgument) is found by bisecting the batch (the
   daemon's routine, `bisection.send_bisecting`), logged
   (`path_rejected`) and dropped; the rest is invalidated and no message fails for it (a retry
-  would be refused again).
+  would be refused again). When every path is refused (or so many parts that it must be the
+  request: `bisection.REQUEST_REFUSED_PARTS`), nothing is dropped: the messages fail and come
+  back (`batch_refused_whole`).
 """
 
 from __future__ import annotations
@@ -270,6 +272,17 @@ class LambdaApp:
             return Batch(distribution, first), Batch(distribution, second)
 
         result = send_bisecting(Batch(distribution, paths), send=send, split=split)
+        if result.refused_whole is not None:
+            # The request, not its paths: fail the messages, SQS retries them later.
+            log.warning(
+                "batch_refused_whole",
+                distribution=distribution,
+                paths=len(paths),
+                requests=result.requests,
+                messages=len(messages),
+                error=result.refused_whole.message,
+            )
+            return False
         for batch, exc in result.rejected:
             # a retry would be refused again: drop the path, keep the message
             log.error(

@@ -10,7 +10,9 @@ handles every answer CloudFront can give without losing work:
   batch keeps its CallerReference, so a retry whose first attempt did reach CloudFront returns
   the existing invalidation instead of creating a second one.
 - InvalidArgument: bisect the batch (`bisection.send_bisecting`) until the offending path is
-  alone, set it aside with a log line naming the file it came from, send the rest.
+  alone, set it aside with a log line naming the file it came from, send the rest. When every
+  path is refused (or enough parts that it must be the request), nothing is set aside: the work
+  stays planned and the distribution backs off as for a fault (`batch_refused_whole`).
 - A reused CallerReference with other paths: the batch gets a fresh reference.
 - AccessDenied, NoSuchDistribution, bad credentials: a clear error, health degraded, the work
   stays pending, retried after `max_backoff` (never a busy loop).
@@ -253,6 +255,24 @@ class Submitter:
         )
         for part, exc in result.rejected:
             self._reject(part, state, exc)
+        if result.refused_whole is not None:
+            # Not this batch's paths but the request: keep it all (its parts stay planned)
+            # and back off as for any fault, saying why in health.
+            exc = result.refused_whole
+            delay = self._backoff(state)
+            state.unreachable = (
+                f"{exc.code} for every path of a batch of {len(record.paths)}: {exc.message}"
+            )
+            log.warning(
+                "batch_refused_whole",
+                distribution=state.name,
+                paths=len(record.paths),
+                requests=result.requests,
+                error=exc.message,
+                retry_in=round(delay, 2),
+                pending_kept=True,
+            )
+            return False
         return not result.stopped
 
     def _send(self, record: BatchRecord, state: DistributionState) -> bool:

@@ -201,6 +201,22 @@ def test_a_path_cloudfront_refuses_is_dropped_and_the_rest_invalidated(
     assert any(e["event"] == "batch_bisected" for e in logs)
 
 
+def test_invalid_argument_for_every_path_fails_the_messages_instead_of_dropping_them(
+    configured: Path, cloudfront: CloudFrontEmulator
+) -> None:
+    """InvalidArgument for every request is the request's fault: no path is dropped, every
+    message that contributed a path fails (SQS retries it), and it is logged once."""
+    cloudfront.inject("InvalidArgument")
+    event = load("sqs-s3-events.json")
+    with capture_logs() as logs:
+        response = handler(event, None)
+    assert cloudfront.created_paths(cloudfront.distribution_id) == []
+    assert not any(e["event"] == "path_rejected" for e in logs)
+    assert [e["event"] for e in logs].count("batch_refused_whole") == 1
+    assert failures(response)  # every contributor, at the least
+    assert set(failures(response)) <= set(ids(event))
+
+
 def test_the_record_queue_picks_the_source_and_its_bucket(
     tmp_path: Path, cloudfront: CloudFrontEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -192,6 +192,41 @@ def test_invalid_path_is_bisected_out_and_the_rest_sent(
     assert sub.attempts <= 2 * 10 + 2  # about two requests per halving level
 
 
+def test_invalid_argument_for_every_path_keeps_the_work_and_backs_off(
+    journal: Journal,
+    cloudfront: CloudFrontEmulator,
+    make_submitter: Callable[..., Submitter],
+    clock: FakeClock,
+) -> None:
+    """InvalidArgument for every request is the request's fault, not 64 bad paths: nothing is
+    set aside, the work stays to be sent, the distribution backs off (and says why), it takes
+    15 requests instead of 127, and once CloudFront accepts again every path is invalidated."""
+    paths = [f"/p{i:02}.html" for i in range(64)]
+    queue(journal, paths)
+    cloudfront.inject("InvalidArgument")
+    sub = make_submitter()
+    with structlog.testing.capture_logs() as logs:
+        sub.cycle()
+    assert len(creates(cloudfront)) == 15  # levels of 1, 2, 4 and 8 parts
+    assert journal.batches(REJECTED) == []
+    kept = [p for b in journal.batches(PLANNED) for p in b.paths]
+    assert sorted(kept) == paths
+    state = sub.states["www"]
+    assert state.not_before > clock.now
+    assert "InvalidArgument" in (state.unreachable or "")
+    assert [e["event"] for e in logs].count("batch_refused_whole") == 1
+    assert not any(e["event"] == "path_rejected" for e in logs)
+
+    cloudfront.clear_faults()
+    for _ in range(20):
+        clock.now = state.not_before + 1
+        sub.cycle()
+        if not journal.batches(PLANNED):
+            break
+    assert sorted(cloudfront.created_paths(cloudfront.distribution_id)) == paths
+    assert journal.batches(REJECTED) == []
+
+
 def test_caller_reference_used_for_other_paths_gets_a_fresh_one(
     journal: Journal, cloudfront: CloudFrontEmulator, make_submitter: Callable[..., Submitter]
 ) -> None:
