@@ -282,17 +282,37 @@ class WatchedCloudFront:
 # ---- the HTTP endpoint ----------------------------------------------------------------------
 
 
+#: A client that sends nothing for this long is disconnected: a scrape or probe sends its
+#: request at once, a half-open or stalled connection must not hold a thread forever.
+IDLE_TIMEOUT = 10.0
+#: Connections served at once; more are closed on accept (each one costs a thread).
+MAX_CONNECTIONS = 32
+
+
 class StatusServer:
     """GET /healthz and GET /metrics for whichever daemon is current (a reload hands the
-    server to the new one)."""
+    server to the new one). One thread per connection, at most `max_connections` of them;
+    a connection idle for `idle_timeout` seconds is closed."""
 
-    def __init__(self, listen: str, address: tuple[str, int], daemon: StatusView) -> None:
+    def __init__(
+        self,
+        listen: str,
+        address: tuple[str, int],
+        daemon: StatusView,
+        *,
+        idle_timeout: float = IDLE_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.listen = listen
         self.daemon = daemon
+        self.refused = 0  # connections closed on accept because all slots were taken
         host, port = address
         owner = self
+        slots = threading.BoundedSemaphore(max_connections)
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = idle_timeout  # on the socket: every read and write
+
             def do_GET(self) -> None:
                 path = self.path.split("?")[0]
                 current = owner.daemon
@@ -318,6 +338,24 @@ class StatusServer:
         class Server(ThreadingHTTPServer):
             address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
             daemon_threads = True
+            request_queue_size = 128  # a burst of scrapes waits in the kernel, not refused
+
+            def process_request(self, request: Any, client_address: Any) -> None:
+                if not slots.acquire(blocking=False):
+                    owner.refused += 1
+                    self.shutdown_request(request)
+                    return
+                try:
+                    super().process_request(request, client_address)
+                except BaseException:
+                    slots.release()
+                    raise
+
+            def process_request_thread(self, request: Any, client_address: Any) -> None:
+                try:
+                    super().process_request_thread(request, client_address)
+                finally:
+                    slots.release()
 
         self._server = Server((host, port), Handler)
         bound = self._server.server_address
