@@ -285,6 +285,7 @@ class Daemon:
         assert self.journal is not None
         assert self.pipeline is not None
         baselines: list[Callable[[], None]] = []
+        self._replace_lost_journal()
         for name, scanner in self.scanners.items():
             if not self.journal.baseline_recorded(name):
                 baselines.append(functools.partial(self._record_baseline, name, scanner))
@@ -293,6 +294,27 @@ class Daemon:
                 # died) are found by diffing the tree against the index.
                 self.pipeline.sink(Change(name, "", ChangeKind.RESCAN, time.time()))
         return baselines
+
+    def _replace_lost_journal(self) -> None:
+        """A new journal where the state dir had another one (deleted, or lost with its WAL)
+        is not a first start: nothing proves any file unchanged, so every tree source gets an
+        empty baseline and its catch-up scan invalidates every file."""
+        assert self.journal is not None
+        previous = self.journal.lost_predecessor()
+        if previous is None:
+            return
+        log.warning(
+            "journal_lost",
+            journal=self.journal.path,
+            previous_instance=previous,
+            instance=self.journal.instance,
+            sources=sorted(self.scanners),
+            action="every file is treated as changed and invalidated (not a first start)",
+        )
+        self.metrics.journal_lost.set(1)
+        for name in self.scanners:
+            self.journal.mark_baseline_empty(name)
+        self.journal.adopt_identity()
 
     def _record_baseline(self, name: str, scanner: TreeScanner) -> None:
         """The first start (`catchup.record_baseline` says what it does)."""

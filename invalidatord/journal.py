@@ -40,6 +40,8 @@ SCHEMA_VERSION = 1
 #: monitoring user in the group can run `status`), nobody else. Set whatever the umask is.
 STATE_DIR_MODE = 0o750
 STATE_FILE_MODE = 0o640
+#: Beside the journal: the marker naming its instance id (see `Journal.lost_predecessor`).
+IDENTITY_SUFFIX = ".id"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -207,10 +209,14 @@ class Journal:
                     "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
-                db.execute("INSERT OR IGNORE INTO meta VALUES ('instance', ?)", (uuid.uuid4().hex,))
+                created = db.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('instance', ?)", (uuid.uuid4().hex,)
+                ).rowcount
                 self.instance = db.execute(
                     "SELECT value FROM meta WHERE key = 'instance'"
                 ).fetchone()[0]
+            if created:
+                self._checkpoint("PASSIVE")  # never waits: others may have it open
             # Reads get a connection of their own: under WAL they never wait for a long write
             # (a first start's baseline of a large tree must not hold up GET /healthz).
             # An in-memory journal has only the one database, so it shares the writer's.
@@ -596,6 +602,53 @@ class Journal:
                 result[_unkey(bytes(raw))] = FileStat(size, mtime_ns, inode)
         return result
 
+    # ---- identity -----------------------------------------------------------------------
+
+    @property
+    def identity_path(self) -> Path:
+        """The marker beside the journal naming its `instance`: it survives a journal that
+        is deleted, truncated or lost its WAL, and tells such a journal from a first start."""
+        return Path(f"{self.path}{IDENTITY_SUFFIX}")
+
+    def lost_predecessor(self) -> str | None:
+        """The instance id of the journal this one replaced (the marker beside it names
+        another), or None: the same journal, or a first start (then the marker is written)."""
+        if self.path == ":memory:":
+            return None
+        try:
+            named = self.identity_path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            self.adopt_identity()
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise JournalError(f"cannot read {self.identity_path}: {exc}") from exc
+        return None if named == self.instance else (named or "unreadable")
+
+    def adopt_identity(self) -> None:
+        """Name this journal in the marker (once a lost predecessor has been dealt with)."""
+        if self.path == ":memory:":
+            return
+        marker = self.identity_path
+        fresh = marker.with_name(marker.name + ".new")
+        try:
+            fd = open_state_file(fresh, os.O_WRONLY | os.O_TRUNC)
+            try:
+                os.write(fd, f"{self.instance}\n".encode("ascii"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(fresh, marker)
+        except OSError as exc:
+            raise JournalError(f"cannot write {marker}: {exc}") from exc
+
+    def mark_baseline_empty(self, source: str) -> None:
+        """Record an empty baseline for `source`: its next catch-up diff finds every file
+        CREATED. What a journal that replaced a lost one does instead of a first start."""
+        with self._tx() as db:
+            db.execute("DELETE FROM fs_index WHERE source = ?", (source,))
+            db.execute("INSERT OR REPLACE INTO baselines VALUES (?, ?)", (source, self._clock()))
+        self._checkpoint()
+
     def baseline_recorded(self, source: str) -> bool:
         return bool(self._read("SELECT 1 FROM baselines WHERE source = ?", (source,)))
 
@@ -613,7 +666,14 @@ class Journal:
 
             db.executemany("INSERT OR REPLACE INTO fs_index VALUES (?, ?, ?, ?, ?)", rows())
             db.execute("INSERT OR REPLACE INTO baselines VALUES (?, ?)", (source, self._clock()))
+        self._checkpoint()
         return count
+
+    def _checkpoint(self, mode: str = "FULL") -> None:
+        """Move the WAL into the database file: what a first start records (the instance id,
+        a baseline) must not be lost with a WAL, or the next start would pass for a first."""
+        with self._lock:
+            self._db.execute(f"PRAGMA wal_checkpoint({mode})")
 
     # ---- the S3 index (s3-poll sources) ------------------------------------------------------
     #

@@ -59,6 +59,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "invalidatord_healthy": (),
     "invalidatord_accept_failures_total": ("source",),
     "invalidatord_journal_writable": (),
+    "invalidatord_journal_lost": (),
     "invalidatord_paths_set_aside": ("distribution",),
 }
 
@@ -186,6 +187,12 @@ class Metrics:
             registry=r,
         )
         self.journal_writable.set(1)
+        self.journal_lost = Gauge(
+            p + "journal_lost",
+            "1 when this run started on a new journal where the state dir had another one "
+            "(deleted or lost): every file of every tree source was treated as changed",
+            registry=r,
+        )
         self.set_aside = Gauge(
             p + "paths_set_aside",
             "Paths CloudFront refused (InvalidArgument), kept in the journal, never sent",

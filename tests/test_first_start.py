@@ -94,3 +94,45 @@ def test_a_first_start_on_an_unchanged_tree_invalidates_nothing(
         assert received(cloudfront) == {"/later.html"}
     finally:
         proc.stop()
+
+
+def test_a_journal_lost_while_stopped_is_not_a_first_start(
+    tmp_path: Path, cloudfront: CloudFrontEmulator
+) -> None:
+    """Start, stop, delete the journal and its WAL, change files, restart: the new journal is
+    not taken for a first start (the marker beside it names the lost one), so every file is
+    treated as changed: the changed ones are invalidated, the log says `journal_lost` and the
+    `invalidatord_journal_lost` metric is 1."""
+    root = tmp_path / "www"
+    root.mkdir()
+    for i in range(10):
+        (root / f"p{i}.html").write_text("x")
+    config = emulator_config(tmp_path, root, cloudfront, quiet="100ms")
+    state = Path(load_config(config).state_dir)
+    first = DaemonProcess("run", "-c", str(config)).start()
+    try:
+        first.wait_ready()
+        first.wait_event("baseline_recorded")
+    finally:
+        assert first.stop() == 0
+    assert received(cloudfront) == set()
+    for name in ("journal.sqlite", "journal.sqlite-wal", "journal.sqlite-shm"):
+        (state / name).unlink(missing_ok=True)
+    (root / "p3.html").write_text("changed while stopped")
+    (root / "new.html").write_text("created while stopped")
+
+    second = DaemonProcess("run", "-c", str(config)).start()
+    try:
+        second.wait_ready()
+        lost = second.wait_event("journal_lost")
+        assert lost["level"] == "warning"
+        wait_for(
+            lambda: {"/p3.html", "/new.html"} <= received(cloudfront),
+            20,
+            what="the files changed while stopped invalidated",
+        )
+        assert not second.find("baseline_recorded")
+        assert second.metric("invalidatord_journal_lost") == 1
+    finally:
+        assert second.stop() == 0
+    assert received(cloudfront) == {f"/p{i}.html" for i in range(10)} | {"/new.html"}
