@@ -20,6 +20,7 @@ from invalidatord.mapping import Mapper
 from invalidatord.metrics import Metrics
 from invalidatord.planner import Limits
 from invalidatord.submitter import Submitter
+from invalidatord.tree import IndexTree, trees
 
 JOURNAL_NAME = "journal.sqlite"
 LOCK_NAME = "daemon.lock"
@@ -78,7 +79,14 @@ def submitter_for(
         metrics=metrics,
         max_backoff=cfg.invalidation.max_backoff,
         completion_wait=cfg.invalidation.poll_interval,
+        trees=trees_for(cfg, journal, names),
     )
+
+
+def trees_for(cfg: Config, journal: Journal, distributions: list[str]) -> dict[str, IndexTree]:
+    """The planner's knowledge of what exists under each distribution's URLs, where known."""
+    kinds = {source.name: source.type for source in cfg.sources}
+    return trees(journal, cfg.mapping_rules(), kinds, distributions)
 
 
 class StateLock:

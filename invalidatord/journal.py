@@ -303,6 +303,13 @@ class Journal:
         )
         return [str(r[0]) for r in rows]
 
+    def oldest_pending(self, distribution: str) -> float | None:
+        """first_seen of the oldest pending path of one distribution (None: none pending)."""
+        row = self._read(
+            "SELECT min(first_seen) FROM pending WHERE distribution = ?", (distribution,)
+        )[0]
+        return None if row[0] is None else float(row[0])
+
     def pending_summary(self) -> dict[str, tuple[int, float]]:
         """distribution -> (pending paths, first_seen of the oldest)."""
         rows = self._read(
@@ -586,6 +593,24 @@ class Journal:
             if len(rows) < page:
                 return
             rows = self._read(more, (source, rows[-1][0], *args))
+
+    def index_count(self, source: str, prefix: str, at_most: int) -> int:
+        """How many indexed files of `source` have a path starting with `prefix` (text, not
+        only a directory: `docs` counts `docs.html` too), counting no further than `at_most`:
+        a range scan of the primary key that stops there, so the planner's question "would
+        this wildcard evict too much?" costs at most `at_most` rows."""
+        low = _key(prefix)
+        args: tuple[object, ...] = (source, low)
+        cond = ""
+        if low:
+            cond = "AND path < ? "
+            args += (low[:-1] + bytes([low[-1] + 1]) if low[-1] < 255 else low + b"\xff",)
+        row = self._read(
+            "SELECT count(*) FROM (SELECT 1 FROM fs_index "  # noqa: S608 - no user text
+            f"WHERE source = ? AND path >= ? {cond}LIMIT ?)",
+            (*args, max(0, at_most)),
+        )[0]
+        return int(row[0])
 
     def index_get(self, source: str, paths: Iterable[str]) -> dict[str, FileStat]:
         """The indexed stat of each of `paths` that is in the index."""

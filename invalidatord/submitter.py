@@ -30,7 +30,7 @@ import contextlib
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -49,13 +49,16 @@ from invalidatord.errors import (
 from invalidatord.journal import PLANNED, SUBMITTED, BatchRecord, Journal
 from invalidatord.metrics import Metrics
 from invalidatord.model import InFlight, is_wildcard
-from invalidatord.planner import Limits, plan
+from invalidatord.planner import Limits, Tree, make_plan
 
 log = structlog.get_logger(__name__)
 
 _FIRST_BACKOFF = 1.0
 #: how many pending paths the planner sees when it may collapse them into wildcards
-COLLAPSE_LOOKAHEAD = 50_000
+COLLAPSE_LOOKAHEAD = 100_000
+#: while work waits for room, how often our in-flight invalidations are asked about (instead
+#: of every poll_interval): the sooner one is seen complete, the sooner the next wave goes
+HURRY_POLL = 3.0
 
 #: What a scheduled job may ask the submitter's thread to do on its next turn.
 Request = Literal["poll", "reconcile", "probe"]
@@ -74,6 +77,7 @@ class DistributionState:
     external: InFlight = field(default_factory=InFlight)  # others' invalidations in progress
     reconciled: bool = False  # `external` has been learnt from CloudFront at least once
     reconciled_at: float = 0.0
+    waiting_for_room: bool = False  # the last plan left work waiting for in-flight room
 
 
 class Submitter:
@@ -87,6 +91,8 @@ class Submitter:
         metrics: Metrics,
         max_backoff: float = 300.0,
         completion_wait: float = 30.0,
+        trees: Mapping[str, Tree] | None = None,
+        hurry_poll: float = HURRY_POLL,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
@@ -96,6 +102,10 @@ class Submitter:
         self._metrics = metrics
         self._max_backoff = max_backoff
         self._completion_wait = completion_wait
+        self._trees = dict(trees or {})
+        self._hurry_poll = hurry_poll
+        self._next_hurry = 0.0
+        self._explain: tuple[int, tuple[str, ...], int] = (-1, (), 0)
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.states = {name: DistributionState(name, did) for name, did in distributions.items()}
@@ -149,9 +159,20 @@ class Submitter:
             try:
                 self._run_requests()
                 self.cycle()
+                self._hurry()
             except Exception:  # keep submitting; the work is in the journal
                 log.exception("submitter_error")
                 self._stop.wait(1.0)
+
+    def _hurry(self) -> None:
+        """While work waits for room, ask about our in-flight invalidations every few seconds
+        rather than every poll_interval (poll_status wakes the cycle when one completed)."""
+        if not any(s.waiting_for_room for s in self.states.values()):
+            return
+        now = self._clock()
+        if now >= self._next_hurry:
+            self._next_hurry = now + self._hurry_poll
+            self.poll_status()
 
     def _idle_wait(self) -> float:
         now = self._clock()
@@ -216,12 +237,27 @@ class Submitter:
             # with a collapse policy, look at more than fits: a directory's worth of paths
             # may go as one wildcard
             wanted = room.files + room.wildcards
-            if self._limits.collapse_threshold is not None and room.wildcards:
+            tree = self._trees.get(state.name)
+            if room.wildcards and (tree is not None or self._limits.collapse_threshold):
                 wanted = max(wanted, COLLAPSE_LOOKAHEAD)
             pending = self._journal.pending_paths(state.name, wanted)
             if not pending:
+                state.waiting_for_room = False
                 return
-            batches = plan(state.name, pending, in_flight, self._limits)
+            oldest = self._journal.oldest_pending(state.name)
+            now = self._clock()
+            the_plan = make_plan(
+                state.name,
+                pending,
+                in_flight,
+                self._limits,
+                tree=tree,
+                billed_this_month=self._journal.billed_this_month(now),
+                waited=0.0 if oldest is None else max(0.0, now - oldest),
+            )
+            state.waiting_for_room = bool(the_plan.deferred)
+            batches = the_plan.batches
+            why = {c.wildcard: c.describe(self._limits) for c in the_plan.choices}
             if not batches:
                 if self._others_block(state) and self._reconcile(state):
                     continue
@@ -234,7 +270,8 @@ class Submitter:
                     p for p in batch.paths if not is_wildcard(p) and not p.startswith(under)
                 ]
                 record = self._journal.create_batch(state.name, batch.paths, consumed)
-                if not self._submit(record, state):
+                reasons = [why[p] for p in batch.paths if p in why]
+                if not self._submit(record, state, reasons, len(the_plan.deferred)):
                     return
 
     def _others_block(self, state: DistributionState) -> bool:
@@ -245,9 +282,18 @@ class Submitter:
             return False
         return self._clock() - state.reconciled_at >= self._completion_wait
 
-    def _submit(self, record: BatchRecord, state: DistributionState) -> bool:
+    def _submit(
+        self,
+        record: BatchRecord,
+        state: DistributionState,
+        why: Sequence[str] = (),
+        waiting: int = 0,
+    ) -> bool:
         """Send one planned batch, bisecting it on InvalidArgument. True = go on with the next;
-        False = stop this distribution for now (backing off or waiting for completions)."""
+        False = stop this distribution for now (backing off or waiting for completions).
+        `why` (one line per wildcard) and `waiting` (paths left waiting for room) go into the
+        batch's log line."""
+        self._explain = (record.id, tuple(why), waiting)
         result = send_bisecting(
             record,
             send=lambda part: self._send(part, state),
@@ -274,6 +320,16 @@ class Submitter:
             )
             return False
         return not result.stopped
+
+    def _explained(self, record: BatchRecord) -> dict[str, object]:
+        """The planner's reasons for `record`, for its log line (a bisected part has none)."""
+        batch_id, why, waiting = self._explain
+        if batch_id != record.id:
+            return {}
+        return {
+            **({"why": list(why)} if why else {}),
+            **({"waiting_for_room": waiting} if waiting else {}),
+        }
 
     def _send(self, record: BatchRecord, state: DistributionState) -> bool:
         """One CreateInvalidation; raises InvalidPaths for `send_bisecting`."""
@@ -309,6 +365,7 @@ class Submitter:
             caller_reference=record.caller_reference,
             latency=round(now - record.first_seen, 3),
             sample=list(record.paths[:5]),
+            **self._explained(record),
         )
         return True
 

@@ -27,8 +27,11 @@ def test_readme_300_of_2000_under_a_tight_bound_go_as_exact_paths() -> None:
     (a wildcard would evict 1,700 unchanged objects, 85%)."""
     tree = PrefixTree(folder(2000))
     p = make_plan(DIST, folder(300), InFlight(), Limits(max_over_invalidation=0.1), tree=tree)
-    assert p.billed == 300 and p.total.wildcards == 0 and not p.deferred
-    assert p.evicted == 0 and p.dollars == 0.0
+    assert p.billed == 300
+    assert p.total.wildcards == 0
+    assert not p.deferred
+    assert p.evicted == 0
+    assert p.dollars == 0.0
 
 
 def test_readme_1900_of_2000_go_as_one_wildcard() -> None:
@@ -36,7 +39,8 @@ def test_readme_1900_of_2000_go_as_one_wildcard() -> None:
     tree = PrefixTree(folder(2000))
     p = make_plan(DIST, folder(1900), InFlight(), Limits(max_over_invalidation=0.1), tree=tree)
     assert p.planned == ("/docs/*",)
-    assert p.evicted == 100 and p.choices[0].reason == "cost"
+    assert p.evicted == 100
+    assert p.choices[0].reason == "cost"
     assert "evicts 100 unchanged of 2000 objects" in p.choices[0].describe(Limits())
 
 
@@ -45,9 +49,12 @@ def test_readme_free_paths_make_exact_paths_win() -> None:
     paths (free, evict nothing); with the free paths spent -> one wildcard."""
     tree = PrefixTree(folder(1000))
     free = make_plan(DIST, folder(800), InFlight(), Limits(), tree=tree)
-    assert free.billed == 800 and free.total.wildcards == 0 and free.dollars == 0.0
+    assert free.billed == 800
+    assert free.total.wildcards == 0
+    assert free.dollars == 0.0
     spent = make_plan(DIST, folder(800), InFlight(), Limits(), tree=tree, billed_this_month=1000)
-    assert spent.planned == ("/docs/*",) and spent.evicted == 200
+    assert spent.planned == ("/docs/*",)
+    assert spent.evicted == 200
     assert spent.dollars == 0.005
 
 
@@ -57,10 +64,12 @@ def test_readme_a_deploy_of_50_folders_waits_for_wildcard_room() -> None:
     pending = [p for f in range(50) for p in folder(100, f"/f{f:02}/")]
     tree = PrefixTree([*pending, *(f"/f{f:02}/old.html" for f in range(50))])
     early = make_plan(DIST, pending, InFlight(), Limits(), tree=tree, waited=10)
-    assert early.total == InFlight(files=0, wildcards=13) and early.holding
+    assert early.total == InFlight(files=0, wildcards=13)
+    assert early.holding
     assert len(early.deferred) == 3700
     late = make_plan(DIST, pending, InFlight(), Limits(max_wait=60), tree=tree, waited=61)
-    assert late.total == InFlight(files=2900, wildcards=13) and not late.holding
+    assert late.total == InFlight(files=2900, wildcards=13)
+    assert not late.holding
 
 
 def test_the_root_wildcard_only_when_allowed() -> None:
@@ -127,18 +136,21 @@ def test_cost_model_properties(
     for path in p.covered:
         assert any(covers(w, path) for w in p.planned)
     room = limits.capacity(in_flight)
-    assert p.total.files <= room.files and p.total.wildcards <= room.wildcards
+    assert p.total.files <= room.files
+    assert p.total.wildcards <= room.wildcards
     for path in p.planned:
         assert "*" not in path[:-1]
         if path == "/*":
             assert limits.allow_root_wildcard
     for c in p.choices:
-        assert c.objects >= 0 and c.evicted <= limits.max_over_invalidation * c.objects + 1e-9
+        assert c.objects >= 0
+        assert c.evicted <= limits.max_over_invalidation * c.objects + 1e-9
         assert c.evicted == c.objects - sum(
             1 for x in unique if covers(c.wildcard, x) and not x.endswith("/")
         )
     for batch in p.batches:
-        assert batch.files <= limits.max_paths_per_batch and batch.wildcards <= 15
+        assert batch.files <= limits.max_paths_per_batch
+        assert batch.wildcards <= 15
         assert all(is_wildcard(x) or x in unique for x in batch.paths)
 
 
@@ -149,5 +161,7 @@ def test_exact_paths_while_free_paths_last_and_they_fit(
 ) -> None:
     """With enough free paths left and room for every path, nothing is a wildcard."""
     p = make_plan(DIST, pending, InFlight(), Limits(), tree=PrefixTree([*pending, *extra]))
-    assert p.total.wildcards == 0 and p.evicted == 0 and not p.deferred
+    assert p.total.wildcards == 0
+    assert p.evicted == 0
+    assert not p.deferred
     assert set(p.planned) == set(pending)

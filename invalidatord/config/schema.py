@@ -346,10 +346,22 @@ class InvalidationConfig(_Model):
     reconcile_interval: Duration = 300.0
     #: the longest wait between retries when CloudFront keeps refusing
     max_backoff: Duration = 300.0
-    #: a directory with at least this many changed paths pending is invalidated as one
-    #: `/dir/*` (billed as one path, fewer requests; also invalidates its unchanged files);
-    #: None = always send each path
+    #: the simple policy, used only where the tree under a distribution is unknown (S3
+    #: sources, URLs that do not mirror the source path): a directory with at least this many
+    #: changed paths pending goes as one `/dir/*`; None = always send each path
     collapse_threshold: StrictInt | None = Field(default=100, ge=2)
+    #: the largest share of the objects under a wildcard that may be unchanged (0-1)
+    max_over_invalidation: float = Field(default=0.5, ge=0.0, le=1.0)
+    #: CloudFront's free paths a month (per AWS account)
+    free_paths_per_month: StrictInt = Field(default=1000, ge=0)
+    #: dollars per path beyond the free ones
+    price_per_path: float = Field(default=0.005, ge=0.0)
+    #: dollars one unchanged object evicted from the cache is taken to cost
+    eviction_cost: float = Field(default=0.0005, ge=0.0)
+    #: whether `/*` may be chosen when (nearly) everything changed
+    allow_root_wildcard: bool = False
+    #: how long work may wait for in-flight room (for a wildcard) before it goes as exact paths
+    max_wait: Duration = 300.0
 
     def limits(self) -> Limits:
         """The planner's limits under this config."""
@@ -357,7 +369,20 @@ class InvalidationConfig(_Model):
             headroom_files=self.headroom_files,
             headroom_wildcards=self.headroom_wildcards,
             collapse_threshold=self.collapse_threshold,
+            max_over_invalidation=self.max_over_invalidation,
+            free_paths_per_month=self.free_paths_per_month,
+            price_per_path=self.price_per_path,
+            eviction_cost=self.eviction_cost,
+            allow_root_wildcard=self.allow_root_wildcard,
+            max_wait=self.max_wait,
         )
+
+    @field_validator("max_wait")
+    @classmethod
+    def _not_negative(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("must be 0 or more")
+        return value
 
     @field_validator("poll_interval", "reconcile_interval", "max_backoff")
     @classmethod
