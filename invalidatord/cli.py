@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -63,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     mp = with_config(sub.add_parser("map", help="print the URL paths each path maps to"))
     mp.add_argument("--source", help="the source the paths belong to (default: the first)")
     mp.add_argument("paths", nargs="+", metavar="PATH")
+    pl = with_config(
+        sub.add_parser("plan", help="print what changes of PATHs would send, and what it costs")
+    )
+    pl.add_argument("--source", help="the source the paths belong to (default: the first)")
+    pl.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    pl.add_argument("paths", nargs="+", metavar="PATH")
     inv = with_config(sub.add_parser("invalidate", help="queue manual invalidations"))
     inv.add_argument("-d", "--distribution", help="distribution name (default: every one)")
     inv.add_argument(
@@ -121,6 +128,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _check(cfg, path)
     if command == "map":
         return _map(cfg, args.source, args.paths)
+    if command == "plan":
+        return _plan(cfg, args.source, args.paths, as_json=args.json)
     logs.configure(cfg.log.format, cfg.log.level)
     if command == "run":
         from invalidatord.sources import registry
@@ -155,16 +164,15 @@ def _check(cfg: Config, path: str) -> int:
     return EXIT_OK
 
 
-def _map(cfg: Config, source: str | None, paths: Sequence[str]) -> int:
-    from invalidatord.factory import mapper_for
-
+def _source_paths(cfg: Config, source: str | None, paths: Sequence[str]) -> tuple[str, list[str]]:
+    """(the source's name, `paths` relative to its root): as `map` and `plan` take them."""
     names = [s.name for s in cfg.sources]
     source = source or names[0]
     if source not in names:
         raise UsageError(f"unknown source {source!r} (known: {', '.join(names)})")
     scfg = next(s for s in cfg.sources if s.name == source)
     root = getattr(scfg, "root", None)
-    mapper = mapper_for(cfg)
+    out: list[str] = []
     for raw in paths:
         rel = raw
         if root is not None and os.path.isabs(raw):
@@ -172,7 +180,86 @@ def _map(cfg: Config, source: str | None, paths: Sequence[str]) -> int:
                 rel = Path(raw).resolve().relative_to(Path(root).resolve()).as_posix()
             except ValueError as exc:
                 raise UsageError(f"{raw} is not under the source root {root}") from exc
-        rel = rel.lstrip("/")
+        out.append(rel.lstrip("/"))
+    return source, out
+
+
+def _plan(cfg: Config, source: str | None, paths: Sequence[str], *, as_json: bool) -> int:
+    """What the daemon would send for changes of `paths` now (against the journal's index,
+    in-flight invalidations and this month's billed paths); sends nothing."""
+    from invalidatord.factory import journal_path, limits_for, mapper_for, trees_for
+    from invalidatord.planner import make_plan
+
+    source, rels = _source_paths(cfg, source, paths)
+    mapper = mapper_for(cfg)
+    wanted: dict[str, list[str]] = {name: [] for name in cfg.distributions}
+    for rel in rels:
+        mapped = mapper.map(source, rel)
+        for dist, urls in mapped.urls.items():
+            wanted[dist].extend(urls)
+        for url, reason in mapped.rejected:
+            print(f"# {rel}: not sendable: {url[:80]}... ({reason})", file=sys.stderr)
+    where = journal_path(cfg)
+    # no journal yet (the daemon never ran): nothing billed, nothing in flight, tree unknown
+    journal = Journal(where if where.exists() else ":memory:")
+    limits = limits_for(cfg)
+    report: dict[str, Any] = {}
+    try:
+        trees = trees_for(cfg, journal, list(cfg.distributions))
+        billed = journal.billed_this_month()
+        for dist, url_paths in wanted.items():
+            if not url_paths:
+                continue
+            p = make_plan(
+                dist,
+                url_paths,
+                journal.in_flight(dist),
+                limits,
+                tree=trees.get(dist),
+                billed_this_month=billed,
+            )
+            report[dist] = {
+                "items": list(p.planned),
+                "batches": [list(b.paths) for b in p.batches],
+                "billed_paths": p.billed,
+                "wildcards": p.total.wildcards,
+                "evicted_unchanged": p.evicted,
+                "estimated_dollars": p.dollars,
+                "free_paths_left": p.free_left,
+                "waiting_for_room": list(p.deferred),
+                "tree_known": dist in trees,
+                "why": [c.describe(limits) for c in p.choices],
+            }
+    finally:
+        journal.close()
+    if as_json:
+        print(json.dumps({"distributions": report}, indent=2))
+        return EXIT_OK
+    for dist, r in report.items():
+        print(
+            f"{dist}: {len(r['items'])} items in {len(r['batches'])} request(s), "
+            f"{r['billed_paths']} billed paths ({r['wildcards']} wildcards), "
+            f"evicts {r['evicted_unchanged']} unchanged objects, "
+            f"estimated ${r['estimated_dollars']:.3f} "
+            f"({r['free_paths_left']} free paths left this month)"
+        )
+        if not r["tree_known"]:
+            print("  tree unknown: the simple policy (collapse_threshold) decides")
+        for line in r["why"]:
+            print(f"  why {line}")
+        for item in r["items"]:
+            print(f"  {item}")
+        if r["waiting_for_room"]:
+            print(f"  {len(r['waiting_for_room'])} paths would wait for in-flight room")
+    return EXIT_OK
+
+
+def _map(cfg: Config, source: str | None, paths: Sequence[str]) -> int:
+    from invalidatord.factory import mapper_for
+
+    source, rels = _source_paths(cfg, source, paths)
+    mapper = mapper_for(cfg)
+    for rel in rels:
         mapped = mapper.map(source, rel)
         if mapped.rule is None:
             print(f"# {rel}: no rule matches", file=sys.stderr)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,3 +74,40 @@ def test_1900_of_2000_in_a_folder_go_as_one_wildcard(
             "/docs/*: 1900 pending paths as 1 billed path, evicts 100 unchanged of 2000 "
             "objects (5%, max_over_invalidation 10%); cheaper than its exact paths"
         ]
+
+
+def test_plan_prints_what_the_daemon_then_sends(
+    tmp_path: Path, docroot: Path, cloudfront: CloudFrontEmulator
+) -> None:
+    """`invalidatord plan` (no daemon needed, nothing sent) shows the items, billed paths and
+    eviction for 1,900 changes; the running daemon then sends exactly those items."""
+    make_site(docroot, DOCS)
+    config = emulator_config(
+        tmp_path,
+        docroot,
+        cloudfront,
+        quiet="2s",
+        extra={"invalidation": {"max_over_invalidation": 0.1}},
+    )
+    changed = [f"docs/p{i:04}.html" for i in range(1900)]
+    with running_daemon(config):
+        out = subprocess.run(
+            [sys.executable, "-m", "invalidatord", "plan", "-c", str(config), "--json", *changed],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        www = json.loads(out.stdout)["distributions"]["www"]
+        assert www["items"] == ["/docs/*"]
+        assert (www["billed_paths"], www["evicted_unchanged"], www["free_paths_left"]) == (
+            1,
+            100,
+            1000,
+        )
+        assert _creates(cloudfront) == []  # plan sent nothing
+        for rel in changed:
+            (docroot / rel).write_text("v2")
+        barrier(cloudfront, docroot)
+        assert received(cloudfront) == {*www["items"], "/zz-sentinel.txt"}
