@@ -396,8 +396,11 @@ class _CostModel:
 
         fitting = [o for o in options if fits(o)]
         all_exact = options[0]
-        if fitting:
-            best = min(fitting, key=real)
+        cheapest = min(options, key=real)
+        if fits(cheapest) or may_wait:
+            best = cheapest  # what does not fit waits for room (at most max_wait)
+        elif fitting:
+            best = min(fitting, key=real)  # waited long enough: the cheapest that goes now
         else:
             # nothing fits now: the fewest billed paths (most wildcards) waits least overall
             best = min(options, key=lambda o: (o.billed, real(o)))

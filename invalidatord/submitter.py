@@ -238,7 +238,8 @@ class Submitter:
             # may go as one wildcard
             wanted = room.files + room.wildcards
             tree = self._trees.get(state.name)
-            if room.wildcards and (tree is not None or self._limits.collapse_threshold):
+            # the cost model weighs all that is pending (what waits for room included)
+            if tree is not None or (room.wildcards and self._limits.collapse_threshold):
                 wanted = max(wanted, COLLAPSE_LOOKAHEAD)
             pending = self._journal.pending_paths(state.name, wanted)
             if not pending:

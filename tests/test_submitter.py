@@ -4,6 +4,7 @@ clock: limits, faults, idempotent resubmission, bisecting, tracking to Completed
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -334,3 +335,38 @@ def test_a_big_deploy_collapses_into_one_request(
     assert cloudfront.created_paths(cloudfront.distribution_id) == ["/deploy/*"]
     assert len(creates(cloudfront)) == 1
     assert journal.pending_count() == 0
+
+
+def test_work_waiting_for_wildcard_room_goes_in_waves_as_completions_are_seen(
+    journal: Journal, cloudfront: CloudFrontEmulator
+) -> None:
+    """50 fully changed folders need 50 wildcards, 13 at a time: the rest wait for room (no
+    billed exact paths), and the submitter asks about its in-flight invalidations every few
+    seconds by itself (no scheduled status poll here), so each wave follows a completion."""
+    from invalidatord.planner import PrefixTree
+    from tests.waiting import wait_for
+
+    paths = [f"/f{f:02}/p{i:03}.html" for f in range(50) for i in range(100)]
+    now = time.time()  # fresh work: well within max_wait
+    journal.accept(Accepted("www", p, now, f"docroot:{p[1:]}") for p in paths)
+    cloudfront.in_progress_seconds = 0.5
+    cf = Boto3CloudFront(
+        make_session("us-east-1", None, None), endpoint_url=cloudfront.endpoint_url
+    )
+    sub = Submitter(
+        journal=journal,
+        cloudfront=cf,
+        distributions={"www": cloudfront.distribution_id},
+        limits=Limits(),
+        metrics=Metrics(),
+        trees={"www": PrefixTree(paths)},
+        hurry_poll=0.2,
+    )
+    sub.start()
+    try:
+        wanted = {f"/f{f:02}/*" for f in range(50)}
+        wait_for(lambda: wanted <= set(cloudfront.created_paths(cloudfront.distribution_id)), 60)
+    finally:
+        sub.stop()
+    assert set(cloudfront.created_paths(cloudfront.distribution_id)) == wanted
+    assert cloudfront.max_in_flight_seen[cloudfront.distribution_id].wildcards <= 13
