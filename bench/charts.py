@@ -132,3 +132,36 @@ def _alternatives(r: dict[str, Any], path: Path) -> None:
         ax.tick_params(axis="x", rotation=20)
     fig.suptitle(f"A deploy of {r['files']:,} changed files (cli_loop extrapolated from a sample)")
     _save(fig, path)
+
+
+def planner_chart(results: dict[str, Any], path: Path) -> None:
+    """Billed paths against unchanged objects evicted, one panel per workload."""
+    colors = {
+        "invalidatord": "#1f77b4",
+        "invalidatord (root allowed)": "#17becf",
+        "per-change": "#2ca02c",
+        "s3deploy": "#ff7f0e",
+        "c3": "#d62728",
+    }
+    fig, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 4))
+    for ax, (workload, r) in zip(axes, results.items(), strict=True):
+        for i, (subject, m) in enumerate(r.items()):
+            ax.scatter(
+                max(m["billed_paths"], 1) * (1.15**i),  # nudged apart where they coincide
+                m["evicted"],
+                s=60,
+                color=colors.get(subject, "gray"),
+                label=subject,
+                marker="o" if subject.startswith("invalidatord") else "s",
+                alpha=0.8,
+            )
+        ax.set_xscale("log")
+        ax.set_yscale("symlog", linthresh=1)
+        top = max(m["evicted"] for m in r.values())
+        ax.set_ylim(-0.3, max(10, top * 5))
+        ax.set_xlim(0.7, max(10, max(m["billed_paths"] for m in r.values()) * 3))
+        ax.set_title(workload)
+        ax.set_xlabel("billed paths")
+    axes[0].set_ylabel("unchanged objects evicted")
+    axes[-1].legend(fontsize=7)
+    _save(fig, path)

@@ -285,7 +285,9 @@ def make_plan(
     else:
         chosen = _choose_wildcards(given, capacity.wildcards)
         taken = tuple(w[:-1] for w in chosen)
-        items = [p for p in unique if not is_wildcard(p) and not (taken and p.startswith(taken))]
+        items = [p for p in unique if p[-1:] != "*"]
+        if taken:
+            items = [p for p in items if not p.startswith(taken)]
         cost = _CostModel(limits, tree, free_left - len(chosen))
         made, held = cost.choose(
             items,
@@ -376,7 +378,9 @@ class _CostModel:
         if price > 0:
             options.append(self._solve(price))
             low, high = 0.0, price
-            for _ in range(10):
+            # at full price the plan bills at least the free paths: nothing in between is
+            # cheaper. Otherwise look for the price at which the free paths are just used up.
+            for _ in range(10 if options[-1].billed < self._free_left else 0):
                 mid = (low + high) / 2
                 option = self._solve(mid)
                 options.append(option)
@@ -419,25 +423,25 @@ class _CostModel:
         """Per directory (`/a/`, `/a/b/`): pending paths under it, pending objects (paths
         not ending in `/`: a directory URL is another name of its index file), and the paths
         directly in it."""
+        urls = [p for p in items if p[:1] == "/"]  # a cache tag is never under one
+        direct: Counter[str] = Counter([p[: p.rfind("/") + 1] for p in urls])
+        direct_objects = direct.copy()
+        direct_objects.subtract([p for p in urls if p[-1] == "/"])
+        direct[""] = len(items) - len(urls)
+        # a path counts in each directory above it: spread each directory's count upwards
+        # (there are far fewer directories than paths)
         under: Counter[str] = Counter()
         objects: Counter[str] = Counter()
-        direct: Counter[str] = Counter()
-        for path in items:
-            if not path.startswith("/"):  # a cache tag: never under a wildcard
-                direct[""] += 1
+        for d, n in direct.items():
+            if not d:
                 continue
-            obj = not path.endswith("/")
-            i = path.find("/", 1)
-            while i != -1:
-                d = path[: i + 1]
-                under[d] += 1
-                if obj:
-                    objects[d] += 1
-                i = path.find("/", i + 1)
-            direct[path[: path.rfind("/") + 1]] += 1
-        root_items = sum(1 for p in items if p.startswith("/"))
-        under["/"] = root_items
-        objects["/"] = sum(1 for p in items if p.startswith("/") and not p.endswith("/"))
+            m = direct_objects.get(d, 0)
+            while True:
+                under[d] += n
+                objects[d] += m
+                if d == "/":
+                    break
+                d = _parent(d)
         self._under, self._objects, self._direct = under, objects, direct
         self._pending = {d + "*": c for d, c in under.items()}
         self._total = len(items)
