@@ -17,8 +17,8 @@ The rules (CLOUDFRONT.md):
 Cost model (`Limits.price_per_path`, `eviction_cost`, `max_over_invalidation`, ...), used when
 the tree under the distribution is known (`tree`: how many objects exist under a URL prefix, from
 the filesystem sources' index). A wildcard is billed as one path however much it covers, but it
-also evicts every unchanged object under it. The planner chooses, among exact paths, `/dir/*`
-and `/dir*` (never `/*` unless `allow_root_wildcard`), the items that cover every pending path
+also evicts every unchanged object under it. The planner chooses, among exact paths and
+`/dir/*` (never `/*` unless `allow_root_wildcard`), the items that cover every pending path
 and minimise
 
     price_per_path x (billed paths beyond this month's free ones) + eviction_cost x evicted
