@@ -69,6 +69,8 @@ class Limits:
     #: the simple policy, used where the tree is unknown: a directory with at least this many
     #: pending paths goes as one `/dir/*`; None = never
     collapse_threshold: int | None = None
+    #: False: the planner never makes a wildcard (only those asked for are sent)
+    wildcards: bool = True
     # ---- the cost model (used where the tree is known) ----
     #: dollars per billed path beyond the month's free ones
     price_per_path: float = 0.005
@@ -275,8 +277,8 @@ def make_plan(
     given = [p for p in unique if is_wildcard(p)]
     hold: tuple[str, ...] = ()
     choices: dict[str, Choice] = {}
-    if tree is None:
-        if limits.collapse_threshold is not None:
+    if tree is None or not limits.wildcards:
+        if limits.collapse_threshold is not None and limits.wildcards:
             files = [p for p in unique if not is_wildcard(p)]
             for w in collapse(files, limits.collapse_threshold, capacity.wildcards):
                 choices[w] = Choice(w, 0, -1, -1, "policy")

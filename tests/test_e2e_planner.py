@@ -62,7 +62,7 @@ def test_1900_of_2000_in_a_folder_go_as_one_wildcard(
         docroot,
         cloudfront,
         quiet="2s",
-        extra={"invalidation": {"max_over_invalidation": 0.1}},
+        extra={"invalidation": {"max_over_invalidation": 0.1, "collapse_threshold": 100}},
     )
     with running_daemon(config) as proc:
         for i in range(1900):
@@ -87,7 +87,7 @@ def test_plan_prints_what_the_daemon_then_sends(
         docroot,
         cloudfront,
         quiet="2s",
-        extra={"invalidation": {"max_over_invalidation": 0.1}},
+        extra={"invalidation": {"max_over_invalidation": 0.1, "collapse_threshold": 100}},
     )
     changed = [f"docs/p{i:04}.html" for i in range(1900)]
     with running_daemon(config):

@@ -348,7 +348,8 @@ class InvalidationConfig(_Model):
     max_backoff: Duration = 300.0
     #: the simple policy, used only where the tree under a distribution is unknown (S3
     #: sources, URLs that do not mirror the source path): a directory with at least this many
-    #: changed paths pending goes as one `/dir/*`; None = always send each path
+    #: changed paths pending goes as one `/dir/*`; None = always send each path (no wildcard
+    #: is ever made, the cost model included)
     collapse_threshold: StrictInt | None = Field(default=100, ge=2)
     #: the largest share of the objects under a wildcard that may be unchanged (0-1)
     max_over_invalidation: float = Field(default=0.5, ge=0.0, le=1.0)
@@ -369,6 +370,8 @@ class InvalidationConfig(_Model):
             headroom_files=self.headroom_files,
             headroom_wildcards=self.headroom_wildcards,
             collapse_threshold=self.collapse_threshold,
+            # null has always meant "send every path as itself": no wildcard at all
+            wildcards=self.collapse_threshold is not None,
             max_over_invalidation=self.max_over_invalidation,
             free_paths_per_month=self.free_paths_per_month,
             price_per_path=self.price_per_path,
