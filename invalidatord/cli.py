@@ -80,6 +80,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     inv.add_argument("urls", nargs="+", metavar="URL")
     with_config(sub.add_parser("status", help="pending, in-flight and recent invalidations"))
+    discard = with_config(
+        sub.add_parser(
+            "discard",
+            help="drop the unsent paths of a distribution id the config no longer names",
+        )
+    )
+    discard.add_argument(
+        "--distribution-id", required=True, metavar="ID", help="the CloudFront id (E2...)"
+    )
     demo = sub.add_parser(
         "demo", help="run the daemon on an embedded CloudFront emulator and an example site"
     )
@@ -143,6 +152,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _invalidate(cfg, args.distribution, args.urls, raw=args.raw, wait=args.wait)
     if command == "status":
         return _status(cfg)
+    if command == "discard":
+        return _discard(cfg, args.distribution_id)
     raise UsageError(f"unknown command {command!r}")
 
 
@@ -430,6 +441,11 @@ def _status(cfg: Config) -> int:
                 f"{name:<14} {dist.id:<18} {count:>7}  {_age(now - oldest) if count else '-':>6}"
                 f"  {flight.files}/{flight.wildcards}"
             )
+        for orphan, count in sorted(journal.orphans().items()):
+            print(
+                f"{'(not in config)':<14} {orphan:<18} {count:>7}  kept: add the id back under "
+                f"any name to send them, or `invalidatord discard --distribution-id {orphan}`"
+            )
         set_aside = journal.set_aside_summary()
         if set_aside:
             # never sent: CloudFront answered InvalidArgument (the log's path_rejected names each)
@@ -456,6 +472,32 @@ def _status(cfg: Config) -> int:
         )
     finally:
         journal.close()
+    return EXIT_OK
+
+
+def _discard(cfg: Config, distribution_id: str) -> int:
+    """Drop the unsent work of a distribution id no configured distribution has any more."""
+    from invalidatord.factory import open_journal
+
+    configured = {d.id: name for name, d in cfg.distributions.items()}
+    if distribution_id in configured:
+        raise UsageError(
+            f"distribution id {distribution_id} is configured (as {configured[distribution_id]!r}):"
+            " its paths will be sent; remove it from the config first to discard them"
+        )
+    journal = open_journal(cfg)
+    try:
+        orphans = journal.orphans()
+        if distribution_id not in orphans:
+            known = ", ".join(sorted(orphans)) or "none"
+            raise UsageError(
+                f"no unsent paths for distribution id {distribution_id} (orphaned ids: {known})"
+            )
+        dropped = journal.discard(distribution_id)
+    finally:
+        journal.close()
+    log.warning("paths_discarded", distribution_id=distribution_id, paths=dropped)
+    print(f"discarded {dropped} unsent path(s) of distribution id {distribution_id}")
     return EXIT_OK
 
 

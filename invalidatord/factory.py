@@ -59,7 +59,10 @@ def journal_path(cfg: Config) -> Path:
 
 def open_journal(cfg: Config, dry_run: bool = False) -> Journal:
     # A dry run must not consume the real journal's pending work: it keeps its own, in memory.
-    return Journal(":memory:" if dry_run else journal_path(cfg))
+    return Journal(
+        ":memory:" if dry_run else journal_path(cfg),
+        distributions={name: d.id for name, d in cfg.distributions.items()},
+    )
 
 
 def submitter_for(

@@ -14,7 +14,7 @@ import json
 import socket
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol, TypeVar
 
@@ -68,6 +68,8 @@ class StatusReport:
     distributions: Mapping[str, DistributionStatus]
     billed: int | None
     journal_problem: str | None = None  # accepted changes cannot be committed
+    #: CloudFront id -> unsent paths of a distribution the config no longer names
+    orphans: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def reasons(self) -> list[str]:
@@ -77,6 +79,12 @@ class StatusReport:
         reasons += [f"source {n!r}: {why}" for n, why in self.sources.items() if why]
         reasons += [
             f"distribution {n!r}: {d.problem}" for n, d in self.distributions.items() if d.problem
+        ]
+        reasons += [
+            f"distribution id {i}: {count} path(s) accepted and not sent, but no distribution "
+            f"in the config has this id (add it back under any name to send them, or drop them "
+            f"with `invalidatord discard --distribution-id {i}`)"
+            for i, count in sorted(self.orphans.items())
         ]
         return reasons
 
@@ -97,6 +105,8 @@ class StatusReport:
         if self.billed is not None:
             body["pending"] = sum(d.unsent for d in self.distributions.values())
             body["set_aside"] = sum(d.set_aside for d in self.distributions.values())
+        if self.orphans:
+            body["orphaned"] = dict(self.orphans)
         return body
 
     def text(self) -> str:
@@ -126,6 +136,9 @@ class StatusReport:
             metrics.in_flight.labels(name, "wildcard").set(flight.wildcards)
             metrics.distribution_healthy.labels(name).set(0 if d.problem else 1)
             metrics.set_aside.labels(name).set(d.set_aside)
+        metrics.orphaned.clear()
+        for distribution_id, count in self.orphans.items():
+            metrics.orphaned.labels(distribution_id).set(count)
         metrics.set_billed(self.billed)
 
 
@@ -157,6 +170,7 @@ def collect_status(
         unsent = journal.unsent_summary()
         ours = journal.in_flight_summary()
         set_aside = journal.set_aside_summary()
+        orphans = journal.orphans()
         billed = journal.billed_this_month(now)
     except InvalidatordError:  # closed under us by a stop: no answer
         return StatusReport(now, phase, source_problems, {}, None, accept_problem)
@@ -171,7 +185,7 @@ def collect_status(
             external=submitter.external(name) if submitter is not None else InFlight(),
             set_aside=set_aside.get(name, 0),
         )
-    return StatusReport(now, phase, source_problems, out, billed, accept_problem)
+    return StatusReport(now, phase, source_problems, out, billed, accept_problem, orphans)
 
 
 # ---- CloudFront, watched ------------------------------------------------------------------------

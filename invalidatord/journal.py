@@ -24,7 +24,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +97,8 @@ PLANNED, SUBMITTED, COMPLETED, REJECTED, SPLIT = (
     "rejected",
     "split",
 )
+#: planned work an operator dropped (`invalidatord discard`): kept for the record, never sent
+DISCARDED = "discarded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,9 +185,23 @@ def open_state_file(path: Path, flags: int = os.O_RDWR) -> int:
 class Journal:
     """The durable record. Thread-safe within a process; safe across processes (WAL)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.time,
+        distributions: Mapping[str, str] | None = None,
+    ):
+        """`distributions`: config name -> CloudFront id. Rows are keyed by the id, which a
+        rename in the config cannot change; the journal's methods take and return names, and
+        an id no configured name maps to is reported by `orphans()`. Without it (tests, tools)
+        a name is its own key."""
         self.path = str(path)
         self._clock = clock
+        self._ids: dict[str, str] = dict(distributions or {})
+        self._names: dict[str, str] = {}
+        for name, distribution_id in self._ids.items():
+            self._names.setdefault(distribution_id, name)
         self._lock = threading.RLock()
         try:
             if self.path != ":memory:":
@@ -215,6 +231,8 @@ class Journal:
                 self.instance = db.execute(
                     "SELECT value FROM meta WHERE key = 'instance'"
                 ).fetchone()[0]
+                if distributions is not None:
+                    self._key_by_id(db)
             if created:
                 self._checkpoint("PASSIVE")  # never waits: others may have it open
             # Reads get a connection of their own: under WAL they never wait for a long write
@@ -230,6 +248,32 @@ class Journal:
                 self._read_lock = threading.RLock()
         except (sqlite3.Error, OSError) as exc:
             raise JournalError(f"cannot open the journal {self.path}: {exc}") from exc
+
+    def _key_by_id(self, db: sqlite3.Connection) -> None:
+        """Journals written before rows were keyed by distribution id hold config names:
+        move them to the ids the current config gives those names (once; marked in meta)."""
+        if db.execute("SELECT 1 FROM meta WHERE key = 'keyed_by'").fetchone():
+            return
+        for name, distribution_id in self._ids.items():
+            if name == distribution_id:
+                continue
+            db.execute(
+                "UPDATE OR REPLACE pending SET distribution = ? WHERE distribution = ?",
+                (distribution_id, name),
+            )
+            db.execute(
+                "UPDATE batches SET distribution = ? WHERE distribution = ?",
+                (distribution_id, name),
+            )
+        db.execute("INSERT INTO meta VALUES ('keyed_by', 'distribution_id')")
+
+    def _k(self, name: str) -> str:
+        """The stored key of a distribution: its CloudFront id."""
+        return self._ids.get(name, name)
+
+    def _n(self, key: object) -> str:
+        """The config name of a stored key (the id itself when no name maps to it)."""
+        return self._names.get(str(key), str(key))
 
     def close(self) -> None:
         with self._lock:
@@ -273,7 +317,7 @@ class Journal:
             db.executemany(
                 "INSERT INTO pending VALUES (?, ?, ?, ?) ON CONFLICT (distribution, path) "
                 "DO UPDATE SET first_seen = min(first_seen, excluded.first_seen)",
-                ((u.distribution, u.path, u.first_seen, u.origin) for u in urls),
+                ((self._k(u.distribution), u.path, u.first_seen, u.origin) for u in urls),
             )
             added = db.total_changes - before
             gone: list[tuple[str, bytes]] = []
@@ -299,7 +343,7 @@ class Journal:
         """Up to `limit` pending paths of one distribution, oldest first."""
         rows = self._read(
             "SELECT path FROM pending WHERE distribution = ? ORDER BY first_seen, path LIMIT ?",
-            (distribution, limit),
+            (self._k(distribution), limit),
         )
         return [str(r[0]) for r in rows]
 
@@ -315,7 +359,7 @@ class Journal:
         rows = self._read(
             "SELECT distribution, count(*), min(first_seen) FROM pending GROUP BY distribution"
         )
-        return {str(d): (int(n), float(t)) for d, n, t in rows}
+        return {self._n(d): (int(n), float(t)) for d, n, t in rows}
 
     def unsent_summary(self) -> dict[str, tuple[int, float]]:
         """distribution -> (paths accepted and not yet submitted, first_seen of the oldest).
@@ -331,7 +375,41 @@ class Journal:
             ") GROUP BY distribution",
             (PLANNED,),
         )
-        return {str(d): (int(n), float(t)) for d, n, t in rows if n}
+        return {self._n(d): (int(n), float(t)) for d, n, t in rows if n}
+
+    def orphans(self) -> dict[str, int]:
+        """CloudFront id -> paths accepted and not yet submitted for a distribution no name in
+        the config maps to any more (removed, or its id changed). Empty without a mapping."""
+        if not self._ids:
+            return {}
+        rows = self._read(
+            "SELECT distribution, count(*) FROM pending GROUP BY distribution UNION ALL "
+            "SELECT distribution, sum(files + wildcards) FROM batches WHERE state = ? "
+            "GROUP BY distribution",
+            (PLANNED,),
+        )
+        out: dict[str, int] = {}
+        for key, count in rows:
+            if str(key) not in self._names and count:
+                out[str(key)] = out.get(str(key), 0) + int(count)
+        return out
+
+    def discard(self, distribution_id: str) -> int:
+        """Drop every pending path and planned batch of `distribution_id` (an explicit
+        operator decision: `invalidatord discard`). Returns the paths dropped."""
+        with self._tx() as db:
+            planned = db.execute(
+                "SELECT coalesce(sum(files + wildcards), 0) FROM batches "
+                "WHERE distribution = ? AND state = ?",
+                (distribution_id, PLANNED),
+            ).fetchone()[0]
+            cur = db.execute("DELETE FROM pending WHERE distribution = ?", (distribution_id,))
+            db.execute(
+                "UPDATE batches SET state = ?, last_error = 'discarded by the operator' "
+                "WHERE distribution = ? AND state = ?",
+                (DISCARDED, distribution_id, PLANNED),
+            )
+        return int(cur.rowcount) + int(planned)
 
     def pending_count(self) -> int:
         return int(self._read("SELECT count(*) FROM pending")[0][0])
@@ -352,6 +430,7 @@ class Journal:
         new planned batch, atomically. Every other pending path a wildcard of the batch covers
         goes too: the invalidation will cover it (the planner may have seen only some of them)."""
         now = self._clock()
+        name, distribution = distribution, self._k(distribution)
         wanted = set(paths)
         ranges = [_wildcard_range(p) for p in paths if is_wildcard(p)]
         with self._tx() as db:
@@ -371,7 +450,7 @@ class Journal:
                 ).fetchall()
             first_seen = min((float(r[1]) for r in rows), default=now)
             origins = {str(r[0]): str(r[2] or "") for r in rows if r[0] in wanted}
-            batch_id = self._insert_batch(db, distribution, paths, origins, first_seen, now)
+            batch_id = self._insert_batch(db, name, paths, origins, first_seen, now)
             db.executemany(
                 "DELETE FROM pending WHERE distribution = ? AND path = ?",
                 ((distribution, p) for p in consumed),
@@ -392,6 +471,7 @@ class Journal:
         first_seen: float,
         now: float,
     ) -> int:
+        distribution = self._k(distribution)
         wild = sum(1 for p in paths if is_wildcard(p))
         cur = db.execute(
             "INSERT INTO batches (distribution, caller_reference, paths, origins, files, "
@@ -414,11 +494,14 @@ class Journal:
         )
         return batch_id
 
+    def _record(self, row: Any) -> BatchRecord:
+        return _record(row, self._n)
+
     def batch(self, batch_id: int) -> BatchRecord:
         rows = self._read(f"SELECT {_COLUMNS} FROM batches WHERE id = ?", (batch_id,))  # noqa: S608
         if not rows:
             raise JournalError(f"journal {self.path}: no batch {batch_id}")
-        return _record(rows[0])
+        return self._record(rows[0])
 
     def batches(
         self, state: str, distribution: str | None = None, limit: int = 1_000_000
@@ -432,16 +515,16 @@ class Journal:
             rows = self._read(
                 f"SELECT {_COLUMNS} FROM batches "  # noqa: S608
                 "WHERE state = ? AND distribution = ? ORDER BY id LIMIT ?",
-                (state, distribution, limit),
+                (state, self._k(distribution), limit),
             )
-        return [_record(r) for r in rows]
+        return [self._record(r) for r in rows]
 
     def recent(self, limit: int = 20) -> list[BatchRecord]:
         rows = self._read(
             f"SELECT {_COLUMNS} FROM batches WHERE state != ? ORDER BY id DESC LIMIT ?",  # noqa: S608
             (SPLIT, limit),
         )
-        return [_record(r) for r in rows]
+        return [self._record(r) for r in rows]
 
     def mark_submitted(self, batch_id: int, invalidation_id: str, completed: bool) -> None:
         now = self._clock()
@@ -515,7 +598,7 @@ class Journal:
         row = self._read(
             "SELECT coalesce(sum(files), 0), coalesce(sum(wildcards), 0) FROM batches "
             "WHERE state = ? AND distribution = ?",
-            (SUBMITTED, distribution),
+            (SUBMITTED, self._k(distribution)),
         )[0]
         return InFlight(int(row[0]), int(row[1]))
 
@@ -526,7 +609,7 @@ class Journal:
             "GROUP BY distribution",
             (REJECTED,),
         )
-        return {str(d): int(n) for d, n in rows}
+        return {self._n(d): int(n) for d, n in rows}
 
     def in_flight_summary(self) -> dict[str, InFlight]:
         """distribution -> `in_flight(distribution)`, every distribution in one read."""
@@ -535,13 +618,13 @@ class Journal:
             "GROUP BY distribution",
             (SUBMITTED,),
         )
-        return {str(d): InFlight(int(f), int(w)) for d, f, w in rows}
+        return {self._n(d): InFlight(int(f), int(w)) for d, f, w in rows}
 
     def known_invalidation_ids(self, distribution: str) -> set[str]:
         rows = self._read(
             "SELECT invalidation_id FROM batches WHERE distribution = ? "
             "AND invalidation_id IS NOT NULL",
-            (distribution,),
+            (self._k(distribution),),
         )
         return {str(r[0]) for r in rows}
 
@@ -769,11 +852,11 @@ _COLUMNS = (
 )
 
 
-def _record(row: Any) -> BatchRecord:
+def _record(row: Any, name: Callable[[object], str] = str) -> BatchRecord:
     (bid, dist, ref, paths, origins, state, inv, attempts, err, first, created, sub, done) = row
     return BatchRecord(
         id=int(bid),
-        distribution=str(dist),
+        distribution=name(dist),
         caller_reference=str(ref),
         paths=tuple(json.loads(str(paths))),
         origins=dict(json.loads(str(origins))),

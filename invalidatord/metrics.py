@@ -61,6 +61,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "invalidatord_journal_writable": (),
     "invalidatord_journal_lost": (),
     "invalidatord_paths_set_aside": ("distribution",),
+    "invalidatord_orphaned_paths": ("distribution_id",),
 }
 
 
@@ -191,6 +192,12 @@ class Metrics:
             p + "journal_lost",
             "1 when this run started on a new journal where the state dir had another one "
             "(deleted or lost): every file of every tree source was treated as changed",
+            registry=r,
+        )
+        self.orphaned = Gauge(
+            p + "orphaned_paths",
+            "Unsent paths of a distribution id no distribution in the config has any more",
+            ["distribution_id"],
             registry=r,
         )
         self.set_aside = Gauge(

@@ -182,6 +182,8 @@ def test_alert_rules_fire_when_they_should_and_only_then(tmp_path: Path) -> None
                 series("invalidatord_source_healthy", "1x30", **b, source="quiet"),
                 series("invalidatord_journal_writable", "1 1 0 0 0 1x30", **b),
                 series("invalidatord_journal_writable", "1 0 0 0 0 0 0 0x30", **a),
+                series("invalidatord_orphaned_paths", "0 3x30", **b, distribution_id="E2OLD"),
+                series("invalidatord_orphaned_paths", "0 3 0x30", **a, distribution_id="E2GONE"),
             ],
             "alert_rule_test": [
                 {"eval_time": "4m", "alertname": "InvalidatordDown", "exp_alerts": []},
@@ -250,6 +252,15 @@ def test_alert_rules_fire_when_they_should_and_only_then(tmp_path: Path) -> None
                     "exp_alerts": [
                         _expected("InvalidatordJournalNotWritable", a),
                         _expected("InvalidatordJournalNotWritable", b),
+                    ],
+                },
+                {"eval_time": "10m", "alertname": "InvalidatordOrphanedPaths", "exp_alerts": []},
+                {
+                    # b has held them since minute 1; a's were sent or discarded at minute 2
+                    "eval_time": "20m",
+                    "alertname": "InvalidatordOrphanedPaths",
+                    "exp_alerts": [
+                        _expected("InvalidatordOrphanedPaths", b | {"distribution_id": "E2OLD"})
                     ],
                 },
                 {"eval_time": "5m", "alertname": "InvalidatordSourceNotWatching", "exp_alerts": []},

@@ -45,12 +45,13 @@ def received(cloudfront: CloudFrontEmulator) -> list[str]:
     return cloudfront.created_paths(cloudfront.distribution_id)
 
 
-def journaled(state_dir: Path) -> set[str]:
-    """Every path the journal still has to send: pending, or in a batch not yet accepted."""
+def journaled(state_dir: Path, distribution_id: str) -> set[str]:
+    """Every path the journal still has to send: pending, or in a batch not yet accepted
+    (rows are keyed by the CloudFront id, whatever the config calls the distribution)."""
     journal = Journal(state_dir / "journal.sqlite")
     try:
         planned = {p for b in journal.batches(PLANNED) for p in b.paths}
-        return planned | set(journal.pending_paths("www", 1000))
+        return planned | set(journal.pending_paths(distribution_id, 1000))
     finally:
         journal.close()
 
@@ -118,7 +119,7 @@ def test_what_cloudfront_refuses_stays_journaled_and_the_next_start_sends_it(
     stopped = proc.find("daemon_stopped")[-1]
     assert stopped["drained"] is False
     assert stopped["pending_kept"] == 1
-    assert journaled(tmp_path / "state") == {"/kept.html"}
+    assert journaled(tmp_path / "state", cloudfront.distribution_id) == {"/kept.html"}
     assert received(cloudfront) == []
 
     cloudfront.clear_faults()
@@ -201,7 +202,7 @@ def test_a_lost_answer_cannot_hold_the_exit_and_the_resubmission_is_not_a_second
         assert code == 0, proc.transcript()
         assert took < 2 + EXIT_MARGIN, took
     assert proc.find("drain_abandoned")
-    assert journaled(tmp_path / "state") == {"/once.html"}
+    assert journaled(tmp_path / "state", cloudfront.distribution_id) == {"/once.html"}
 
     proxy.swallow = False
     with running_daemon(config) as again:
