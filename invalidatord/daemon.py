@@ -70,8 +70,10 @@ endpoint. If the new one cannot start, the old config is started again.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -508,21 +510,31 @@ class Daemon:
 
 class _Signals:
     """The signals received and not yet handled, coalesced: 60 SIGHUPs queued while one reload
-    runs are one more reload, and a SIGTERM among them wins over every queued reload."""
+    runs are one more reload, and a SIGTERM among them wins over every queued reload.
+
+    The handler takes no lock (it runs between two bytecodes of whatever the main thread is
+    doing, possibly inside a lock it would wait on forever, as `threading.Event.set` would
+    inside `Event.clear`): it only adds to a set; the wake-up comes through
+    `signal.set_wakeup_fd`, written by the interpreter's C-level handler."""
 
     STOP = frozenset({"SIGTERM", "SIGINT"})
 
     def __init__(self) -> None:
         self._pending: set[str] = set()
-        self._wake = threading.Event()
+        self._read, self._write = socket.socketpair()
+        self._write.setblocking(False)
+        signal.set_wakeup_fd(self._write.fileno(), warn_on_full_buffer=False)
 
     def handler(self, signum: int, _frame: object) -> None:
         self._pending.add(signal.Signals(signum).name)
-        self._wake.set()
 
     def wait(self, timeout: float | None = None) -> None:
-        self._wake.wait(timeout)
-        self._wake.clear()
+        """Until a signal arrives (or `timeout`); its handler has run when this returns."""
+        if self._pending:
+            return
+        self._read.settimeout(timeout)
+        with contextlib.suppress(TimeoutError, BlockingIOError):
+            self._read.recv(4096)
 
     def take(self) -> set[str]:
         taken = set(self._pending)
@@ -559,6 +571,8 @@ def run(
     while True:
         signals.wait()
         asked = signals.take()
+        if not asked:
+            continue
         stop = asked & signals.STOP
         if stop:
             log.info("signal_received", signal=sorted(stop)[0], reloads_dropped="SIGHUP" in asked)

@@ -65,6 +65,11 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 }
 
 
+#: Families with series only while there is something to report: their labels are not known
+#: from the config (a distribution id the config no longer names).
+SPARSE_FAMILIES = frozenset({"invalidatord_orphaned_paths"})
+
+
 class Metrics:
     """The daemon's metric families, in their own registry."""
 
