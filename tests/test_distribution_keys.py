@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from invalidatord.emulator import CREATE, CloudFrontEmulator
 from invalidatord.journal import Accepted, Journal
+from invalidatord.testing.cloudfront import CREATE, CloudFrontEmulator
 from tests.harness import DaemonProcess, Daemons, aws_test_env, emulator_config, received
 from tests.waiting import wait_for
 
