@@ -136,8 +136,15 @@ def compile_match(pattern: str) -> Callable[[str], bool]:
 _Part = tuple[bool, str]  # (is_variable, literal text or variable name)
 
 
-def _parse_template(template: str) -> tuple[_Part, ...]:
-    """Split a template into parts; ValueError (the message check_url_template gives) if bad."""
+def _parse_template(template: str, tag: bool = False) -> tuple[_Part, ...]:
+    """Split a template into parts; ValueError (the message check_url_template gives) if bad.
+    A cache tag template (`tag`) need not start with `/` and may hold no `*` at all."""
+    if tag:
+        if not template:
+            raise ValueError("empty cache tag template")
+        if "*" in template:
+            raise ValueError(f"cache tag template {template!r}: CloudFront tags cannot hold '*'")
+        return _strip(_parse_template("/" + template))  # parsed as a URL template, less the /
     if not template:
         raise ValueError("empty URL template (it must start with '/' or '{')")
     if template[0] not in "/{":
@@ -197,6 +204,18 @@ def _check_field(field: str) -> None:
         )
 
 
+def _strip(parts: tuple[_Part, ...]) -> tuple[_Part, ...]:
+    """`parts` less the leading `/` literal they start with."""
+    first = parts[0][1]
+    return parts[1:] if first == "/" else ((False, first[1:]), *parts[1:])
+
+
+def check_tag_template(template: str) -> None:
+    """Raise ValueError, with a message for the user, if `template` is not a valid cache tag
+    template (the fields of URL templates, no `*`)."""
+    _parse_template(template, tag=True)
+
+
 def check_url_template(template: str) -> None:
     """Raise ValueError, with a message for the user, if `template` is not a valid URL template.
 
@@ -215,6 +234,24 @@ class Rule:
     distributions: tuple[str, ...]  # distribution names (config names, not CloudFront ids)
     urls: tuple[str, ...]  # templates; () = matched, invalidate nothing
     source: str | None = None  # None = every source
+    tags: tuple[str, ...] = ()  # cache tag templates, sent as `#tag` items
+
+
+#: CloudFront's longest cache tag
+MAX_TAG_LENGTH = 256
+_TAG_BAD = re.compile(r"[^\x21-\x7e]|[,*]")
+
+
+def tag_problem(tag: str) -> str | None:
+    """Why CloudFront would refuse `tag` (without its `#`) as a cache tag, or None."""
+    if not tag:
+        return "it is empty"
+    if len(tag) > MAX_TAG_LENGTH:
+        return f"it is longer than {MAX_TAG_LENGTH} characters"
+    bad = _TAG_BAD.search(tag)
+    if bad:
+        return f"character {bad.group()!r} is not allowed (printable ASCII without ',' and '*')"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +275,7 @@ class _CompiledRule:
     distributions: tuple[str, ...]
     templates: tuple[tuple[_Part, ...], ...]
     used: frozenset[str]  # the variables its templates use: only those are encoded
+    tags: tuple[tuple[_Part, ...], ...] = ()
 
 
 _PATH_ONLY = frozenset({"path"})
@@ -279,11 +317,14 @@ class Mapper:
             try:
                 matches = compile_match(rule.match)
                 templates = tuple(_encode_literals(_parse_template(t)) for t in rule.urls)
+                tags = tuple(_parse_template(t, tag=True) for t in rule.tags)
             except ValueError as exc:
                 raise ValueError(f"rules[{index}]: {exc}") from None
-            used = frozenset(text for parts in templates for is_var, text in parts if is_var)
+            used = frozenset(
+                text for parts in (*templates, *tags) for is_var, text in parts if is_var
+            )
             compiled.append(
-                _CompiledRule(matches, rule.source, rule.distributions, templates, used)
+                _CompiledRule(matches, rule.source, rule.distributions, templates, used, tags)
             )
         self._rules = tuple(compiled)
 
@@ -295,10 +336,11 @@ class Mapper:
         return Mapped(urls={}, rule=None, rejected=())
 
     def _apply(self, index: int, rule: _CompiledRule, path: str) -> Mapped:
-        if not rule.templates or not rule.distributions:
+        if not (rule.templates or rule.tags) or not rule.distributions:
             return Mapped(urls={}, rule=index, rejected=())
+        raw = _fields(path, rule.used)
         try:
-            values = {k: _encode_value(v) for k, v in _fields(path, rule.used).items()}
+            values = {k: _encode_value(v) for k, v in raw.items()}
         except ValueError as exc:
             shown = path.encode("utf-8", "backslashreplace").decode("utf-8")
             return Mapped(urls={}, rule=index, rejected=((normalise(shown), str(exc)),))
@@ -310,6 +352,18 @@ class Mapper:
                 rejected[url, _TOO_LONG] = None
             else:
                 urls[url] = None
+        seen_tags: set[str] = set()
+        for parts in rule.tags:
+            # a tag is sent as it is (never percent-encoded); CloudFront compares tags
+            # case-insensitively, so two that differ in case are one
+            tag = "".join(raw[text] if is_var else text for is_var, text in parts)
+            problem = tag_problem(tag)
+            if problem:
+                shown = tag.encode("ascii", "backslashreplace").decode("ascii")
+                rejected["#" + shown, f"cache tag: {problem}"] = None
+            elif tag.lower() not in seen_tags:
+                seen_tags.add(tag.lower())
+                urls["#" + tag] = None
         found = tuple(urls)
         per_distribution = dict.fromkeys(rule.distributions, found) if found else {}
         return Mapped(urls=per_distribution, rule=index, rejected=tuple(rejected))

@@ -17,7 +17,7 @@ import pathspec
 from pydantic import BeforeValidator, Strict, ValidationError, ValidationInfo
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from invalidatord.mapping import check_url_template, compile_match
+from invalidatord.mapping import check_tag_template, check_url_template, compile_match
 
 #: A key path into the document: mapping keys and list indexes, e.g. ("sources", 0, "root").
 Loc = tuple[Any, ...]
@@ -180,6 +180,11 @@ def check_match(pattern: str) -> str:
 
 def check_template(template: str) -> str:
     check_url_template(template)
+    return template
+
+
+def check_tag(template: str) -> str:
+    check_tag_template(template)
     return template
 
 

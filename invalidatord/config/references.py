@@ -100,6 +100,28 @@ def reference_problems(data: Mapping[Any, Any]) -> list[tuple[Loc, str, object]]
                 if isinstance(name, str) and name not in dist_names:
                     message = f"unknown distribution {name!r} (known: {known_dists})"
                     problems.append((loc, message, name))
+        tags = _get(rule, "tags")
+        if tags and isinstance(distributions, Mapping):
+            targets = (
+                [named]
+                if isinstance(named, str)
+                else list(named)
+                if isinstance(named, list)
+                else list(distributions)
+            )
+            lacking = [
+                n
+                for n in targets
+                if isinstance(n, str)
+                and n in distributions
+                and not _get(distributions[n], "cache_tags")
+            ]
+            if lacking:
+                message = (
+                    f"cache tags need distributions with cache_tags: true; "
+                    f"{', '.join(sorted(lacking))} has none"
+                )
+                problems.append((("rules", i, "tags"), message, tags))
         source = _get(rule, "source")
         if isinstance(source, str) and source_names is not None and source not in source_names:
             known = ", ".join(sorted(source_names))

@@ -39,6 +39,7 @@ from invalidatord.config.fields import (
     check_match,
     check_not_empty,
     check_positive,
+    check_tag,
     check_template,
     check_url,
     describe_value,
@@ -100,6 +101,8 @@ class DistributionConfig(_Model):
     """One CloudFront distribution, known to rules by its config name."""
 
     id: str
+    #: the distribution has CloudFront's CacheTagConfig: rules may send `#tag` items to it
+    cache_tags: bool = False
 
     @field_validator("id")
     @classmethod
@@ -307,6 +310,9 @@ class RuleConfig(_Model):
     urls: list[Annotated[str, AfterValidator(check_template)]]
     #: apply only to this source
     source: str | None = None
+    #: cache tag templates (same fields as urls), sent as `#tag` items; only to distributions
+    #: with `cache_tags: true`
+    tags: list[Annotated[str, AfterValidator(check_tag)]] = []
 
 
 def _default_rules() -> list[RuleConfig]:
@@ -499,6 +505,7 @@ class Config(_Model):
                 distributions=self.rule_distributions(i),
                 urls=tuple(rule.urls),
                 source=rule.source,
+                tags=tuple(rule.tags),
             )
             for i, rule in enumerate(self.rules)
         )

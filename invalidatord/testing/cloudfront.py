@@ -44,6 +44,7 @@ from xml.sax.saxutils import escape
 
 import structlog
 
+from invalidatord.mapping import tag_problem
 from invalidatord.model import (
     MAX_FILE_PATHS_IN_FLIGHT,
     MAX_PATH_LENGTH,
@@ -112,8 +113,13 @@ class RecordedRequest:
     invalidation_id: str | None = None  # the one created, returned or asked for
 
 
-def path_problem(path: str) -> str | None:
-    """Why CloudFront would refuse `path` as an invalidation path, or None if it is acceptable."""
+def path_problem(path: str, cache_tags: bool = False) -> str | None:
+    """Why CloudFront would refuse `path` as an invalidation path, or None if it is acceptable.
+    A `#tag` item is a cache tag: accepted only by distributions with CacheTagConfig."""
+    if path.startswith("#"):
+        if not cache_tags:
+            return "cache tags ('#') need a distribution with CacheTagConfig"
+        return tag_problem(path[1:])
     if not path.startswith("/"):
         return "it does not start with '/'"
     if len(path) > MAX_PATH_LENGTH:
@@ -228,6 +234,8 @@ class CloudFrontEmulator:
         self._faults: list[_Fault] = []
         self._rejected: set[str] = set()
         self._distribution_ids: list[str] = []
+        #: distributions that accept `#tag` items (CloudFront's CacheTagConfig); settable
+        self.cache_tag_distributions: set[str] = set()
         #: Every invalidation API call, in arrival order.
         self.requests: list[RecordedRequest] = []
         #: The highest in-flight counts seen per distribution (files and wildcards separately).
@@ -586,7 +594,7 @@ class CloudFrontEmulator:
             )
         for path in paths:
             problem = "it is rejected by this emulator" if path in self._rejected else None
-            problem = problem or path_problem(path)
+            problem = problem or path_problem(path, distribution_id in self.cache_tag_distributions)
             if problem:
                 shown = repr(path) if len(path) <= 200 else repr(path[:200]) + "..."
                 raise _CloudFrontError(
