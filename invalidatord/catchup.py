@@ -20,6 +20,11 @@ _CREATED = ChangeKind.CREATED
 _MODIFIED = ChangeKind.MODIFIED
 _DELETED = ChangeKind.DELETED
 
+#: How a path in both listings is judged: (path, stat on disk, stat in the index) -> unchanged.
+#: The default is stat equality (`compare: mtime`); a content comparison is passed in by the
+#: caller, which owns the reading of files: this module does no I/O.
+Same = Callable[[str, FileStat, FileStat], bool]
+
 
 #: How far a file's ctime may lag the wall clock (the kernel stamps files with a coarse
 #: clock, one tick behind at most: 10 ms at HZ=100).
@@ -52,9 +57,15 @@ def record_baseline(
     # a file's timestamps come from the kernel's coarse clock, up to a tick behind
     since = since - CTIME_SLACK_NS if since else 0
     recent: list[str] = []
+    # compare: content records each file's hash with it: the first change is then judged
+    # by its bytes too
+    digest = scanner.digest if scanner.compare == "content" else None
 
     def entries() -> Iterator[tuple[str, FileStat]]:
-        for path, st in scanner.scan(""):
+        for path, listed in scanner.scan(""):
+            st = listed if digest is None else digest(path)
+            if st is None:
+                continue  # gone since it was listed
             if since and st.ctime_ns >= since:
                 recent.append(path)
             yield path, st
@@ -85,6 +96,7 @@ def diff(
     disk: Iterable[tuple[str, FileStat]],
     index: Iterable[tuple[str, FileStat]],
     now: float,
+    same: Same | None = None,
 ) -> list[Change]:
     """Changes that turn `index` into the `disk` listing, both sorted by `path_key`.
 
@@ -92,6 +104,10 @@ def diff(
     (size, mtime_ns or inode: a replace-by-rename keeps size and mtime but not the inode) is
     MODIFIED; in the index but not on disk is DELETED. Both inputs are consumed once, lazily,
     in step; the changes come out in path order. Every change carries `seen=now`.
+
+    `same`, when given, decides for each path in both listings whether it is unchanged
+    (it is called for every such path, equal stats or not, so it can count them); without
+    it a path is unchanged when its stats are equal.
 
     Raises ValueError, naming both paths, when either input is out of order or repeats a
     path: a merge of unsorted listings would report files as created and deleted at random.
@@ -108,7 +124,7 @@ def diff(
         if path == old_path:
             if not _precedes(last, path):
                 _out_of_order(last, path, "tree listing and index")
-            if stat != old_stat:
+            if (stat != old_stat) if same is None else not same(path, stat, old_stat):
                 changes.append(Change(source, path, _MODIFIED, now))
             on_disk = next(disk_rows, None)
             indexed = next(index_rows, None)

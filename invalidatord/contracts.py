@@ -67,6 +67,22 @@ class TreeScanner(Protocol):
         """The file's stat now, or None if it does not exist (or is not a regular file)."""
         ...
 
+    @property
+    def compare(self) -> str:
+        """ "mtime": a file is changed when its size, mtime or inode are; "content": only
+        when its bytes are (`digest` reads them)."""
+        ...
+
+    def digest(self, path: str) -> FileStat | None:
+        """The file's stat now with `digest` set to the hash of its bytes (read once), or
+        None if it does not exist (or is not a regular file)."""
+        ...
+
+    def previous_digest(self, path: str, indexed: FileStat) -> bytes | None:
+        """The hash of `path` in the tree before the root's last swap, when that file is
+        still there exactly as `indexed` (size, mtime, inode); None otherwise or unknown."""
+        ...
+
 
 class CloudFront(Protocol):
     """The CloudFront edge. `distribution_id` is the CloudFront id (E2EXAMPLE...).

@@ -34,7 +34,8 @@ from invalidatord.bisection import halves
 from invalidatord.errors import JournalError
 from invalidatord.model import FileStat, InFlight, S3Stamp, is_wildcard
 
-SCHEMA_VERSION = 1
+#: 2: `fs_index.digest`, the content hash of `compare: content` and release swaps.
+SCHEMA_VERSION = 2
 
 #: The state dir and every file in it belong to the daemon; its group may read them (a
 #: monitoring user in the group can run `status`), nobody else. Set whatever the umask is.
@@ -77,6 +78,7 @@ CREATE TABLE IF NOT EXISTS fs_index (
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
     inode INTEGER NOT NULL,
+    digest BLOB,
     PRIMARY KEY (source, path)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS baselines (source TEXT PRIMARY KEY, recorded REAL NOT NULL);
@@ -142,6 +144,41 @@ def _key(path: str) -> bytes:
 
 def _unkey(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
+
+
+_IndexRow = tuple[str, bytes, int, int, int, bytes | None]
+_INDEX_INSERT = (
+    "INSERT OR REPLACE INTO fs_index (source, path, size, mtime_ns, inode, digest) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
+def _index_row(source: str, path: str, st: FileStat) -> _IndexRow:
+    return (source, _key(path), st.size, st.mtime_ns, st.inode, st.digest)
+
+
+def _migrate(db: sqlite3.Connection, path: str) -> None:
+    """Bring a journal written by an older version up to `SCHEMA_VERSION`, in the opening
+    transaction (all or nothing). A new journal is created at the current version by
+    `_SCHEMA`; one from a newer version is refused rather than half understood."""
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is None:
+        db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        return
+    version = int(row[0])
+    if version > SCHEMA_VERSION:
+        raise JournalError(
+            f"journal {path}: schema version {version} was written by a newer invalidatord "
+            f"(this one reads up to {SCHEMA_VERSION}); upgrade, or move the state_dir aside"
+        )
+    if version < 2:
+        # CREATE TABLE IF NOT EXISTS kept the old fs_index: add the digest column. Rows
+        # keep NULL (not known) until their file is next read.
+        columns = {r[1] for r in db.execute("PRAGMA table_info(fs_index)")}
+        if "digest" not in columns:
+            db.execute("ALTER TABLE fs_index ADD COLUMN digest BLOB")
+    if version < SCHEMA_VERSION:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
 
 def _wildcard_range(wildcard: str) -> tuple[str, str]:
@@ -221,10 +258,7 @@ class Journal:
             with self._tx() as db:
                 for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
                     db.execute(statement)
-                db.execute(
-                    "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
+                _migrate(db, self.path)
                 created = db.execute(
                     "INSERT OR IGNORE INTO meta VALUES ('instance', ?)", (uuid.uuid4().hex,)
                 ).rowcount
@@ -321,16 +355,16 @@ class Journal:
             )
             added = db.total_changes - before
             gone: list[tuple[str, bytes]] = []
-            present: list[tuple[str, bytes, int, int, int]] = []
+            present: list[_IndexRow] = []
             for source, path, st in index_updates:
                 if st is None:
                     gone.append((source, _key(path)))
                 else:
-                    present.append((source, _key(path), st.size, st.mtime_ns, st.inode))
+                    present.append(_index_row(source, path, st))
             if gone:
                 db.executemany("DELETE FROM fs_index WHERE source = ? AND path = ?", gone)
             if present:
-                db.executemany("INSERT OR REPLACE INTO fs_index VALUES (?, ?, ?, ?, ?)", present)
+                db.executemany(_INDEX_INSERT, present)
             for name, value in (counts or {}).items():
                 db.execute(
                     "INSERT INTO counters VALUES (?, ?) "
@@ -656,23 +690,28 @@ class Journal:
         if top:
             exact = _key(top)
             rows = self._read(
-                "SELECT size, mtime_ns, inode FROM fs_index WHERE source = ? AND path = ?",
+                "SELECT size, mtime_ns, inode, digest FROM fs_index WHERE source = ? AND path = ?",
                 (source, exact),
             )
-            for size, mtime_ns, inode in rows:
-                yield top, FileStat(size, mtime_ns, inode)
+            for size, mtime_ns, inode, digest in rows:
+                yield top, FileStat(size, mtime_ns, inode, 0, digest)
             low, upper = exact + b"/", (exact + b"0",)  # b"0" sorts right after b"/"
         else:
             low = b""
         cond = "AND path < ? " if upper else ""
-        select = "SELECT path, size, mtime_ns, inode FROM fs_index WHERE source = ? AND path"
+        select = (
+            "SELECT path, size, mtime_ns, inode, digest FROM fs_index WHERE source = ? AND path"
+        )
         first = f"{select} >= ? {cond}ORDER BY path LIMIT ?"
         more = f"{select} > ? {cond}ORDER BY path LIMIT ?"
         args = (*upper, page)
         rows = self._read(first, (source, low, *args))
         while rows:
-            for raw, size, mtime_ns, inode in rows:
-                yield raw.decode("utf-8", "surrogateescape"), FileStat(size, mtime_ns, inode)
+            for raw, size, mtime_ns, inode, digest in rows:
+                yield (
+                    raw.decode("utf-8", "surrogateescape"),
+                    FileStat(size, mtime_ns, inode, 0, digest),
+                )
             if len(rows) < page:
                 return
             rows = self._read(more, (source, rows[-1][0], *args))
@@ -702,12 +741,12 @@ class Journal:
         for start in range(0, len(keys), 500):  # one query per 500 paths, not one per path
             chunk = keys[start : start + 500]
             rows = self._read(
-                "SELECT path, size, mtime_ns, inode FROM fs_index "  # noqa: S608 - placeholders
+                "SELECT path, size, mtime_ns, inode, digest FROM fs_index "  # noqa: S608
                 f"WHERE source = ? AND path IN ({','.join('?' * len(chunk))})",
                 (source, *chunk),
             )
-            for raw, size, mtime_ns, inode in rows:
-                result[_unkey(bytes(raw))] = FileStat(size, mtime_ns, inode)
+            for raw, size, mtime_ns, inode, digest in rows:
+                result[_unkey(bytes(raw))] = FileStat(size, mtime_ns, inode, 0, digest)
         return result
 
     # ---- identity -----------------------------------------------------------------------
@@ -766,13 +805,13 @@ class Journal:
         with self._tx() as db:
             db.execute("DELETE FROM fs_index WHERE source = ?", (source,))
 
-            def rows() -> Iterator[tuple[str, bytes, int, int, int]]:
+            def rows() -> Iterator[_IndexRow]:
                 nonlocal count
                 for path, st in entries:
                     count += 1
-                    yield (source, _key(path), st.size, st.mtime_ns, st.inode)
+                    yield _index_row(source, path, st)
 
-            db.executemany("INSERT OR REPLACE INTO fs_index VALUES (?, ?, ?, ?, ?)", rows())
+            db.executemany(_INDEX_INSERT, rows())
             db.execute("INSERT OR REPLACE INTO baselines VALUES (?, ?)", (source, self._clock()))
         self._checkpoint()
         return count

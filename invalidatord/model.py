@@ -25,6 +25,12 @@ class ChangeKind(enum.StrEnum):
     #: (a directory created, deleted or moved, an inotify overflow, a periodic safety net):
     #: the pipeline diffs the subtree `path` ("" = the whole root) against the source's index.
     RESCAN = "rescan"
+    #: "the root was replaced" (renamed away and another put in its place, deleted and
+    #: recreated, its symlink repointed to another release): the pipeline diffs the whole new
+    #: tree against the index, comparing the bytes of files of equal size whatever
+    #: `compare` says, and that diff alone decides what changed (events heard from the old
+    #: tree in the same window are judged by it too). `path` is "".
+    REATTACH = "reattach"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +57,16 @@ class FileStat:
     """What the catch-up index remembers of one file (size, mtime, inode: what equality
     compares). `ctime_ns` comes with a listing but is neither stored nor compared: nothing
     can set it back, so it tells a file changed since a moment even when its mtime was
-    preserved (rsync -a, cp -p); 0 = unknown."""
+    preserved (rsync -a, cp -p); 0 = unknown. `digest` is a hash of the file's bytes, known
+    when the source compares content (`compare: content`) or after a release swap read the
+    file; None = not known. Not compared either: equal stats mean "not touched", equal
+    digests mean "same bytes", and the two questions are asked separately."""
 
     size: int
     mtime_ns: int
     inode: int
     ctime_ns: int = field(default=0, compare=False)
+    digest: bytes | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,8 @@ _ACCEPT_CHUNK = 2_000
 #: Paths prepared per loop iteration while a window is open (~10 ms of work, so changes
 #: arriving meanwhile are still taken promptly).
 _PREPARE_CHUNK = 500
+#: How often a held batch is looked at again (the source stops holding by itself).
+_HOLD_RECHECK = 0.25
 
 
 @dataclass(slots=True)
@@ -48,6 +50,9 @@ class _Prepared:
     stat: FileStat | None  # the file now (None: gone); unused for sources without a scanner
     known: bool  # in the catch-up index (looked up only for a file that is gone)
     mapped: Mapped
+    # `compare: content` read the file and found the bytes the index has: the index learns
+    # its new stat, nothing is invalidated
+    unchanged: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,11 @@ class DebounceSettings:
     quiet: float
     max_delay: float
     max_pending: int = 10_000
+
+
+def _hashed_bytes(scanner: TreeScanner) -> int:
+    hashed = getattr(scanner, "hashed", None)
+    return int(getattr(hashed, "bytes", 0))
 
 
 class Pipeline:
@@ -143,11 +153,20 @@ class Pipeline:
     def _wait_time(self) -> float:
         if any(self._unprepared.values()):
             return 0.0
-        dues = [d.next_due() for d in self._debouncers.values()]
+        dues = [
+            d.next_due() if not self._holding(name) else self._monotonic() + _HOLD_RECHECK
+            for name, d in self._debouncers.items()
+        ]
         soonest = min((t for t in dues if t is not None), default=None)
         if soonest is None:
             return 1.0
         return min(1.0, max(0.0, soonest - self._monotonic()))
+
+    def _holding(self, source: str) -> bool:
+        """Whether the source asks for its batch to be held: a filesystem source whose root is
+        missing holds it (bounded) until the root is back, since only then can it tell files
+        deleted from a tree being replaced (`rm -rf html && mv html.new html`)."""
+        return bool(getattr(self._sources.get(source), "holding", False))
 
     def run_once(self, timeout: float = 0.0) -> None:
         """Take what is queued (waiting up to `timeout` for the first change), then accept
@@ -157,6 +176,7 @@ class Pipeline:
             now = self._monotonic()
             counts: Counter[tuple[str, str]] = Counter()
             rescan = ChangeKind.RESCAN
+            reattach = ChangeKind.REATTACH
             for change in drained:
                 debouncer = self._debouncers.get(change.source)
                 if debouncer is None:
@@ -164,7 +184,7 @@ class Pipeline:
                     continue
                 debouncer.add(change, now)
                 counts[(change.source, change.kind.value)] += 1
-                if change.kind is not rescan:
+                if change.kind is not rescan and change.kind is not reattach:
                     self._prepared[change.source].pop(change.path, None)
                     self._unprepared[change.source][change.path] = None
             for (source, kind), n in counts.items():
@@ -172,7 +192,7 @@ class Pipeline:
         now = self._monotonic()
         flushed = False
         for name, debouncer in self._debouncers.items():
-            if debouncer.due(now):
+            if debouncer.due(now) and not self._holding(name):
                 self._accept(name, debouncer.flush())
                 flushed = True
         if not flushed:
@@ -199,6 +219,9 @@ class Pipeline:
             for path in paths:
                 ready[path] = _Prepared(None, False, mapper.map(source, path))
             return
+        if scanner.compare == "content":
+            self._prepare_content(source, scanner, paths)
+            return
         stat = scanner.stat
         stats = [stat(path) for path in paths]
         # whether the index knew a file matters only once it is gone (see _still_relevant)
@@ -206,6 +229,26 @@ class Pipeline:
         known = self._journal.index_get(source, gone) if gone else {}
         for path, st in zip(paths, stats, strict=True):
             ready[path] = _Prepared(st, path in known, mapper.map(source, path))
+
+    def _prepare_content(self, source: str, scanner: TreeScanner, paths: list[str]) -> None:
+        """`compare: content`: each file an event named is read once, here, and its hash
+        compared with the index's. The read is not skipped when the stat equals the
+        index's: the event says it was written, and a same-size rewrite within one tick of
+        the kernel's coarse clock keeps size, mtime and inode."""
+        ready = self._prepared[source]
+        mapper = self._mapper
+        indexed = self._journal.index_get(source, paths)
+        digest = scanner.digest
+        for path in paths:
+            old = indexed.get(path)
+            st = digest(path)
+            unchanged = (
+                st is not None
+                and old is not None
+                and old.digest is not None
+                and st.digest == old.digest
+            )
+            ready[path] = _Prepared(st, old is not None, mapper.map(source, path), unchanged)
 
     def _drain(self, timeout: float) -> list[Change]:
         try:
@@ -264,17 +307,33 @@ class Pipeline:
         started = time.monotonic()
         files: dict[str, Coalesced] = {}
         rescans: list[Coalesced] = []
+        reattach: Coalesced | None = None
         for c in flush.changes:
             if c.last_kind is ChangeKind.RESCAN:
                 rescans.append(c)
+            elif c.last_kind is ChangeKind.REATTACH:
+                reattach = c
             else:
                 files[c.path] = c
         scanner = self._scanners.get(source)
-        if scanner is not None:
+        refresh: list[tuple[str, str, FileStat | None]] = []
+        if scanner is not None and reattach is not None:
+            # The whole new tree against the index decides; what was heard in this window
+            # (the old release being deleted, files of a tree no longer watched) says
+            # nothing the diff does not: every event names a change made before this scan.
+            for path in files:
+                self._prepared[source].pop(path, None)
+                self._unprepared[source].pop(path, None)
+            files = {}
+            self._rescan_into(source, scanner, reattach, files, refresh, swap=True)
+        elif scanner is not None:
             for r in rescans:
-                self._rescan_into(source, scanner, r, files)
+                self._rescan_into(source, scanner, r, files, refresh)
+        for start in range(0, len(refresh), _ACCEPT_CHUNK):
+            # files whose bytes a rescan found unchanged: the index learns their new stat
+            self._journal.accept([], refresh[start : start + _ACCEPT_CHUNK])
         paths = list(files)
-        kept = urls = 0
+        kept = urls = unchanged = 0
         # Commit in chunks, so a huge flush (a rescan of a large tree) never holds all its URL
         # paths in memory at once; wake the submitter only once the whole flush is in, so one
         # deploy is planned as one batch (waking it earlier splits it into several requests,
@@ -292,6 +351,7 @@ class Pipeline:
             keep, index_updates = (
                 self._still_relevant(source, prepared) if scanner else (prepared, [])
             )
+            unchanged += len(index_updates) - len(keep)
             accepted = self._map(source, keep, files)
             self._journal.accept(accepted, index_updates, {f"changes_accepted:{source}": len(keep)})
             for distribution, n in Counter(u.distribution for u in accepted).items():
@@ -307,7 +367,8 @@ class Pipeline:
             "changes_accepted",
             source=source,
             changes=kept,
-            dropped=len(files) - kept,
+            dropped=len(files) - kept - unchanged,
+            unchanged=unchanged,
             urls=urls,
             seconds=round(time.monotonic() - started, 3),
         )
@@ -326,7 +387,8 @@ class Pipeline:
                 # probe): CloudFront never saw it and the index never knew it.
                 continue
             index_updates.append((source, path, p.stat))
-            keep.append((path, p))
+            if not p.unchanged:
+                keep.append((path, p))
         return keep, index_updates
 
     def _map(
@@ -349,10 +411,27 @@ class Pipeline:
         return accepted
 
     def _rescan_into(
-        self, source: str, scanner: TreeScanner, rescan: Coalesced, files: dict[str, Coalesced]
+        self,
+        source: str,
+        scanner: TreeScanner,
+        rescan: Coalesced,
+        files: dict[str, Coalesced],
+        refresh: list[tuple[str, str, FileStat | None]],
+        *,
+        swap: bool = False,
     ) -> None:
+        """Diff the subtree `rescan.path` against the index into `files`. Under `compare:
+        content`, and for a release swap (`swap`) always, a file whose stat differs but whose
+        size does not is read and its hash compared: equal bytes are unchanged (the index
+        learns the new stat through `refresh`), and the digest of a changed one is kept for
+        its accept, so no file is read twice. A swap whose index has no hash compares with
+        the previous tree's file while that is still there as the index knew it."""
         started = time.monotonic()
-        indexed = 0
+        hashed_before = _hashed_bytes(scanner)
+        indexed = unchanged = 0
+        ready = self._prepared[source]
+        read: dict[str, FileStat] = {}
+        content = swap or scanner.compare == "content"
 
         def index_rows() -> Iterator[tuple[str, FileStat]]:
             nonlocal indexed
@@ -360,18 +439,50 @@ class Pipeline:
                 indexed += 1
                 yield row
 
-        found = catchup.diff(source, scanner.scan(rescan.path), index_rows(), self._clock())
+        def same(path: str, disk: FileStat, old: FileStat) -> bool:
+            nonlocal unchanged
+            if disk == old:
+                unchanged += 1
+                return True
+            if not content or disk.size != old.size:
+                return False
+            now = scanner.digest(path)
+            if now is None:
+                return False  # gone since the listing: its accept finds it deleted
+            before = old.digest
+            if before is None and swap:
+                before = scanner.previous_digest(path, old)
+            if before is not None and now.digest == before:
+                unchanged += 1
+                refresh.append((source, path, now))
+                return True
+            read[path] = now
+            return False
+
+        found = catchup.diff(source, scanner.scan(rescan.path), index_rows(), self._clock(), same)
+        counts: Counter[ChangeKind] = Counter()
         for change in found:
+            counts[change.kind] += 1
             if change.path not in files:
                 files[change.path] = Coalesced(
                     source, change.path, frozenset({change.kind}), change.kind, rescan.first_seen
                 )
+                st = read.get(change.path)
+                if st is not None and change.path not in ready:
+                    ready[change.path] = _Prepared(st, True, self._mapper.map(source, change.path))
         self._metrics.rescans.labels(source, "subtree" if rescan.path else "tree").inc()
-        log.info(
-            "rescan_done",
-            source=source,
-            prefix=rescan.path,
-            indexed=indexed,
-            changes=len(found),
-            seconds=round(time.monotonic() - started, 3),
-        )
+        fields = {
+            "source": source,
+            "indexed": indexed,
+            "added": counts[ChangeKind.CREATED],
+            "removed": counts[ChangeKind.DELETED],
+            "changed": counts[ChangeKind.MODIFIED],
+            "unchanged": unchanged,
+            "bytes_read": _hashed_bytes(scanner) - hashed_before,
+            "seconds": round(time.monotonic() - started, 3),
+        }
+        if swap:
+            swapped = getattr(scanner, "swap", None)
+            log.info("root_swapped", **fields, **(swapped() if callable(swapped) else {}))
+        else:
+            log.info("rescan_done", prefix=rescan.path, changes=len(found), **fields)

@@ -21,6 +21,7 @@ class ListedTree:
     """A TreeScanner (the project's interface) listing fixed entries, watching since `since`."""
 
     name = "docroot"
+    compare = "mtime"
 
     def __init__(self, since: int, entries: list[tuple[str, FileStat]]) -> None:
         self.watching_since_ns = since
@@ -31,6 +32,12 @@ class ListedTree:
 
     def stat(self, path: str) -> FileStat | None:
         return dict(self._entries).get(path)
+
+    def digest(self, path: str) -> FileStat | None:
+        return self.stat(path)
+
+    def previous_digest(self, path: str, indexed: FileStat) -> bytes | None:
+        return None
 
 
 def test_the_baseline_reports_files_changed_since_the_watch_began(

@@ -35,6 +35,7 @@ import structlog
 from invalidatord.contracts import ChangeSink
 from invalidatord.errors import SourceError
 from invalidatord.model import DEFAULT_IGNORE, Change, ChangeKind, FileStat
+from invalidatord.sources.content import Hashed, file_digest
 from invalidatord.sources.ignore import matchers
 from invalidatord.sources.watcher import (
     OVERFLOW_LOGGER,
@@ -82,6 +83,7 @@ class FilesystemSource(WatchEvents):
         watcher: Literal["auto", "inotify", "polling"] = "auto",
         poll_interval: float = 5.0,
         separate_process: bool = True,
+        compare: Literal["mtime", "content"] = "mtime",
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
     ) -> None:
@@ -94,6 +96,10 @@ class FilesystemSource(WatchEvents):
         self.poll_interval = poll_interval
         self.separate_process = separate_process
         self.ignore = tuple(ignore)
+        #: "content": a file is changed only when its bytes are (see `digest`).
+        self.compare = compare
+        #: files and bytes read to hash them since construction.
+        self.hashed = Hashed()
         #: "inotify" or "polling" once started; "" before.
         self.watcher_kind = ""
         #: inotify queue overflows seen since construction.
@@ -287,6 +293,34 @@ class FilesystemSource(WatchEvents):
             return None
         return FileStat(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
+    def digest(self, path: str) -> FileStat | None:
+        """The file's stat now (as `stat` gives it) with the hash of its bytes, read once;
+        None if it does not exist or is not a regular file."""
+        return self._digest(self._root_prefix + path)
+
+    def previous_digest(self, path: str, indexed: FileStat) -> bytes | None:
+        """The hash of `path` in the tree the root was before its last swap, when that file
+        is still there as the index knew it (same size, mtime and inode): what a release
+        swap compares against when the index holds no hash. None otherwise."""
+        previous = self._previous_prefix
+        if previous is None:
+            return None
+        got = self._digest(previous + path)
+        return got.digest if got is not None and got == indexed else None
+
+    def _digest(self, full: str) -> FileStat | None:
+        try:
+            link = os.lstat(full)
+        except (OSError, ValueError):
+            return None
+        got = file_digest(full, self.hashed)
+        if got is None:
+            return None
+        st, digest = got
+        if stat_module.S_ISLNK(link.st_mode):
+            st = link  # a symlink to a file is indexed with its own lstat, as `scan` lists it
+        return FileStat(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest)
+
     def is_ignored(self, path: str) -> bool:
         """Whether the file `path` (relative to the root) matches the ignore list, gitignore
         style: `.git/` ignores everything under any `.git` directory."""
@@ -301,6 +335,7 @@ class FilesystemSource(WatchEvents):
         )
 
     def _set_root(self, root: str) -> None:
+        self._previous_prefix: str | None = None
         self._root_str = root
         self._root_prefix = root if root.endswith(os.sep) else root + os.sep
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Literal
 
 from invalidatord.catchup import path_key
 from invalidatord.contracts import ChangeSink
@@ -22,10 +23,21 @@ class MemorySource:
     whatever the test `emit`s. `acknowledged` records the receipts handed back, in order."""
 
     def __init__(
-        self, name: str, sink: ChangeSink, *, clock: Callable[[], float] = time.time
+        self,
+        name: str,
+        sink: ChangeSink,
+        *,
+        compare: Literal["mtime", "content"] = "mtime",
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
+        #: path -> stat; a stat's `digest` stands for the file's bytes (`digest` returns it)
         self.files: dict[str, FileStat] = {}
+        self.compare = compare
+        #: the tree before the last swap, for `previous_digest`
+        self.previous: dict[str, FileStat] = {}
+        #: how many times `digest` and `previous_digest` "read" a file
+        self.reads = 0
         self.acknowledged: list[str] = []
         #: no watch to lose events: a first start's baseline reports nothing
         self.watching_since_ns = 0
@@ -91,3 +103,18 @@ class MemorySource:
     def stat(self, path: str) -> FileStat | None:
         with self._lock:
             return self.files.get(path)
+
+    def digest(self, path: str) -> FileStat | None:
+        with self._lock:
+            st = self.files.get(path)
+            if st is not None:
+                self.reads += 1
+            return st
+
+    def previous_digest(self, path: str, indexed: FileStat) -> bytes | None:
+        with self._lock:
+            st = self.previous.get(path)
+            if st is None or st != indexed:
+                return None
+            self.reads += 1
+            return st.digest
