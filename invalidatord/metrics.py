@@ -55,6 +55,8 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "invalidatord_rescans_total": ("source", "reason"),
     "invalidatord_last_submission_timestamp_seconds": ("distribution",),
     "invalidatord_source_healthy": ("source",),
+    "invalidatord_source_root_missing": ("source",),
+    "invalidatord_root_swaps_total": ("source",),
     "invalidatord_distribution_healthy": ("distribution",),
     "invalidatord_healthy": (),
     "invalidatord_accept_failures_total": ("source",),
@@ -174,6 +176,18 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.root_missing = Gauge(
+            p + "source_root_missing",
+            "1 while a filesystem source's root does not exist (it re-attaches when it is back)",
+            ["source"],
+            registry=r,
+        )
+        self.root_swaps = Counter(
+            p + "root_swaps",
+            "Times a filesystem source's root was replaced (renamed, recreated, relinked)",
+            ["source"],
+            registry=r,
+        )
         self.distribution_healthy = Gauge(
             p + "distribution_healthy",
             "1 while CloudFront answers for the distribution with these credentials",
@@ -229,6 +243,8 @@ class Metrics:
         for source in tree_sources:
             self.overflows.labels(source)
             self.watcher_restarts.labels(source)
+            self.root_missing.labels(source)
+            self.root_swaps.labels(source)
             for reason in RESCAN_REASONS:
                 self.rescans.labels(source, reason)
         for name in distributions:
@@ -259,6 +275,7 @@ class Metrics:
             _remove_unless(gauge, 0, keep_d)
         _remove_unless(self.distribution_healthy, 0, keep_d)
         _remove_unless(self.source_healthy, 0, keep_s)
+        _remove_unless(self.root_missing, 0, keep_s)
 
     def set_billed(self, paths: int) -> None:
         self.billed.set(paths)

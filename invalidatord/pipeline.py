@@ -326,7 +326,8 @@ class Pipeline:
                 self._unprepared[source].pop(path, None)
             files = {}
             self._rescan_into(source, scanner, reattach, files, refresh, swap=True)
-        elif scanner is not None:
+        elif scanner is not None and getattr(scanner, "attached", True):
+            # (a root that is missing cannot be listed; its re-attach diffs the whole tree)
             for r in rescans:
                 self._rescan_into(source, scanner, r, files, refresh)
         for start in range(0, len(refresh), _ACCEPT_CHUNK):

@@ -621,12 +621,87 @@ def test_stop_ends_delivery_and_health(start: Start, root: Path, sink: Collector
     assert not sink.has("late.html")
 
 
-def test_deleted_root_makes_the_source_unhealthy(start: Start, root: Path, sink: Collector) -> None:
-    """Deleting the root is a RESCAN of everything and the source reports itself unhealthy."""
+def test_deleted_root_is_reported_and_reattached_when_it_is_back(
+    start: Start, root: Path, sink: Collector
+) -> None:
+    """Deleting the root makes the source unhealthy, with a problem naming the root, and holds
+    its batch; recreating it re-attaches by itself (one REATTACH) and later edits are seen."""
     source = start()
     shutil.rmtree(root)
-    sink.wait("", K.RESCAN)
     wait_for(lambda: not source.healthy, 5, what="unhealthy source")
+    problem = source.problem()
+    assert problem is not None
+    assert f"root {root} is missing" in problem
+    assert source.root_missing
+    assert source.holding
+    mark = sink.mark()
+    root.mkdir()
+    sink.wait("", K.REATTACH, since=mark)
+    wait_for(lambda: source.healthy, 5, what="healthy again")
+    assert source.problem() is None
+    assert not source.holding
+    (root / "later.html").write_text("x")
+    sink.wait("later.html", K.MODIFIED, since=mark)
+
+
+def test_a_root_missing_past_root_wait_is_lost_then_found(
+    start: Start, root: Path, sink: Collector
+) -> None:
+    """Missing for longer than `root_wait`: the source stops holding its batch and says the
+    root is lost, and still re-attaches when it comes back."""
+    source = start(root_wait=0.3)
+    shutil.rmtree(root)
+    wait_for(lambda: "looking for it every" in (source.problem() or ""), 5, what="lost root")
+    assert not source.holding
+    assert source.root_missing
+    mark = sink.mark()
+    root.mkdir()
+    sink.wait("", K.REATTACH, since=mark, timeout=15)
+    assert source.problem() is None
+
+
+def test_a_renamed_root_replaced_by_another_is_reattached(
+    start: Start, tmp_path: Path, root: Path, sink: Collector
+) -> None:
+    """`mv docroot docroot.old && mv docroot.new docroot`: one REATTACH, the new tree is
+    watched, and what happens in the old one afterwards is not delivered."""
+    source = start()
+    new = tmp_path / "docroot.new"
+    new.mkdir()
+    (new / "page.html").write_text("new")
+    mark = sink.mark()
+    root.rename(tmp_path / "docroot.old")
+    new.rename(root)
+    sink.wait("", K.REATTACH, since=mark)
+    assert source.swap()["root"] == str(root)
+    (tmp_path / "docroot.old" / "stale.html").write_text("old tree")
+    (root / "fresh.html").write_text("x")
+    sink.wait("fresh.html", K.MODIFIED, since=mark)
+    settle(root, sink)
+    assert not sink.has("stale.html")
+
+
+def test_a_repointed_symlink_root_watches_the_new_release(
+    start: Start, tmp_path: Path, sink: Collector
+) -> None:
+    """`current -> releases/1` swapped to `releases/2` by rename (`ln -sfn` + `mv -T`): one
+    REATTACH naming both releases; edits in the new release are seen, in the old one not."""
+    one, two = tmp_path / "releases/1", tmp_path / "releases/2"
+    one.mkdir(parents=True)
+    two.mkdir(parents=True)
+    current = tmp_path / "current"
+    current.symlink_to("releases/1")
+    source = start(root=current)
+    mark = sink.mark()
+    (tmp_path / "current.tmp").symlink_to("releases/2")
+    (tmp_path / "current.tmp").rename(current)
+    sink.wait("", K.REATTACH, since=mark)
+    assert source.swap() == {"root": str(two), "previous": str(one), "link": str(current)}
+    (one / "old.html").write_text("x")
+    (two / "new.html").write_text("x")
+    sink.wait("new.html", K.MODIFIED, since=mark)
+    settle(two, sink)
+    assert not sink.has("old.html")
 
 
 def test_root_given_as_symlink_is_watched_through_it(

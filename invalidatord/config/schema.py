@@ -170,6 +170,9 @@ class FilesystemSourceConfig(_SourceModel):
     watcher_process: bool = True
     #: the safety-net full rescan; None (or 0) = off
     rescan_interval: Duration | None = 600.0
+    #: what makes a file changed: its size, mtime or inode ("mtime"), or its bytes
+    #: ("content": hashed with XXH3-128, read once per change; README says what it costs)
+    compare: Literal["mtime", "content"] = "mtime"
 
     @field_validator("root")
     @classmethod

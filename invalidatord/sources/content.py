@@ -33,14 +33,17 @@ class Hashed:
         self.bytes = 0
 
 
-def file_digest(full: str, totals: Hashed | None = None) -> tuple[os.stat_result, bytes] | None:
+def file_digest(
+    full: str, totals: Hashed | None = None, dir_fd: int | None = None
+) -> tuple[os.stat_result, bytes] | None:
     """(fstat of the file read, XXH3-128 of its bytes) of the regular file at `full` (a
     symlink is followed), or None when it is gone or not a regular file. The stat is taken
     from the open file, before and after reading: if they differ the file was written while
     it was read and it is read again, so the digest always belongs to the stat returned
-    (a write after that brings a new event, and a new read)."""
+    (a write after that brings a new event, and a new read). With `dir_fd`, `full` is
+    relative to that open directory."""
     try:
-        fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     except (OSError, ValueError):
         return None
     try:

@@ -16,10 +16,22 @@ names that are not UTF-8 decoded with surrogateescape as `os.fsdecode` does):
 Not delivered: opens, closes without writing, each write() (IN_MODIFY), attribute changes. A
 file changed without being closed after a write (truncate(2) by path, writes through mmap or
 by a process that keeps it open) is found by the periodic catch-up scan, not here.
+
+The root itself is watched too: the directory the configured `root` leads to (through any
+symlinks) is identified by its device and inode, checked every 100 ms and at most every 10 ms
+while events arrive. When another directory is there (the root renamed away and another
+renamed in, deleted and recreated, a `current` or git-sync link repointed to another
+release) the source stops the old watch, drops what it still reports, watches the new tree
+and delivers one REATTACH: the pipeline diffs the new tree against the index. When nothing
+is there the source is unhealthy (`problem`, `root_missing`), asks the pipeline to hold its
+batch (`holding`, for `root_wait` at most: files deleted just before may be a tree being
+replaced) and re-attaches by itself when the root is back; after `root_wait` it logs
+`source_root_lost`, stops holding and keeps looking every 5 s.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat as stat_module
@@ -57,7 +69,48 @@ __all__ = ["DEFAULT_IGNORE", "OVERFLOW_LOGGER", "OVERFLOW_MESSAGE", "FilesystemS
 _S_IFMT = 0o170000
 _S_IFREG = stat_module.S_IFREG
 _S_IFLNK = stat_module.S_IFLNK
+_STOP_JOIN = 10.0
 _VANISHED = frozenset({errno.ENOENT, errno.ENOTDIR})
+#: How often the root's identity is checked while nothing happens, and at most while
+#: events arrive (each check is one stat(2)).
+_ROOT_CHECK = 0.1
+_ROOT_CHECK_ON_EVENT_NS = 10_000_000
+#: How often a root that stayed missing past `root_wait` is looked for.
+_ROOT_CHECK_SLOW = 5.0
+#: How long a missing root holds the source's batch before it is reported lost.
+ROOT_WAIT = 60.0
+
+_Identity = tuple[int, int]  # (st_dev, st_ino) of the root directory
+
+
+class _Attachment(WatchEvents):
+    """What one watch reports, passed on while it is the source's current watch: once the
+    root is replaced, the old watch's events describe a tree no longer served."""
+
+    def __init__(self, source: FilesystemSource, generation: int) -> None:
+        self._source = source
+        self._generation = generation
+
+    def _current(self) -> bool:
+        return self._generation == self._source._generation
+
+    def change(self, rel: str, kind: ChangeKind) -> None:
+        if self._current():
+            self._source.change(rel, kind)
+
+    def overflow(self) -> None:
+        if self._current():
+            self._source.overflow()
+
+    def report(self, event: str, fields: Mapping[str, Any]) -> None:
+        if event == "source_root_gone":
+            self._source._root_event.set()
+        if self._current():
+            self._source.report(event, fields)
+
+    def ended(self, reason: str) -> None:
+        if self._current():
+            self._source.ended(reason)
 
 
 class FilesystemSource(WatchEvents):
@@ -84,6 +137,7 @@ class FilesystemSource(WatchEvents):
         poll_interval: float = 5.0,
         separate_process: bool = True,
         compare: Literal["mtime", "content"] = "mtime",
+        root_wait: float = ROOT_WAIT,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
     ) -> None:
@@ -100,6 +154,22 @@ class FilesystemSource(WatchEvents):
         self.compare = compare
         #: files and bytes read to hash them since construction.
         self.hashed = Hashed()
+        self.root_wait = root_wait
+        #: times the root was replaced since construction.
+        self.swaps = 0
+        #: wall clock at which the root went missing; None while it is there.
+        self.missing_since: float | None = None
+        self._lost = False
+        self._identity: _Identity | None = None
+        self._generation = 0
+        self._attached_generation = 0
+        self._root_fd: int | None = None
+        self._previous_fd: int | None = None
+        self._last_swap: dict[str, str] = {}
+        self._next_check_ns = 0
+        self._root_event = threading.Event()
+        self._monitor: threading.Thread | None = None
+        self._monitor_stop = threading.Event()
         #: "inotify" or "polling" once started; "" before.
         self.watcher_kind = ""
         #: inotify queue overflows seen since construction.
@@ -130,18 +200,21 @@ class FilesystemSource(WatchEvents):
             # does not follow a symlink it is asked to watch.
             self._set_root(os.path.realpath(self.root))
             self._check_root()
-            kind = WatchProcess if self.separate_process else Watch
-            watch = kind(self._watch_settings(), self)
-            self._delivering = True
+            self._identity = self._root_identity()
             since = time.time_ns()
+            self._delivering = True
             try:
-                self.watcher_kind = watch.start()
+                watch = self._attach()
             except BaseException:
                 self._delivering = False
                 raise
-            self._watch = watch
             spawned = getattr(watch, "spawned_ns", 0)
             self.watching_since_ns = min(since, spawned) if spawned else since
+            self._monitor_stop.clear()
+            self._monitor = threading.Thread(
+                target=self._watch_root, name=f"root-{self.name}", daemon=True
+            )
+            self._monitor.start()
         log.info(
             "source_started",
             source=self.name,
@@ -154,30 +227,67 @@ class FilesystemSource(WatchEvents):
     def stop(self) -> None:
         """Stop watching; returns once the watcher's threads (or process) have ended, 10 s
         at most."""
+        self._monitor_stop.set()
+        self._root_event.set()
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            monitor.join(_STOP_JOIN)
         with self._lock:
             watch, self._watch = self._watch, None
-        if watch is None:
-            return
-        watch.stop()
+            self._close_fds()
+        if watch is not None:
+            watch.stop()
         self._delivering = False
         log.info("source_stopped", source=self.name, root=self._root_str)
 
     @property
     def healthy(self) -> bool:
-        """True while the watcher is alive and watching (watchdog's emitter stops by itself
-        when the root is deleted)."""
+        """True while the watcher is alive and watching the root that is there (watchdog's
+        emitter stops by itself when the root is deleted)."""
         watch = self._watch
-        return watch is not None and watch.healthy
+        return self.missing_since is None and watch is not None and watch.healthy
 
     def problem(self) -> str | None:
-        """Why it is not watching all of its root, or None while it is."""
-        if self.healthy:
-            return None
-        if not os.path.isdir(self._root_str):
-            return f"not watching: root {self._root_str} is gone"
-        if self._watch is None:
+        """Why the source is not watching all it should, in one line; None while it is."""
+        missing = self.missing_since
+        if missing is not None:
+            since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(missing))
+            if self._lost:
+                return (
+                    f"not watching: root {self.root} has been missing since {since}; "
+                    f"looking for it every {_ROOT_CHECK_SLOW:g} s"
+                )
+            return (
+                f"not watching: root {self.root} is missing (since {since}); it is "
+                "watched again as soon as it is back"
+            )
+        watch = self._watch
+        if watch is None:
             return "not watching (not started or stopped)"
-        return "not watching: the watcher stopped"
+        if not watch.healthy:
+            return f"not watching: the watcher of {self._root_str} stopped"
+        return None
+
+    @property
+    def root_missing(self) -> bool:
+        return self.missing_since is not None
+
+    @property
+    def holding(self) -> bool:
+        """Whether the pipeline should hold this source's batch: the root is missing and has
+        not been for longer than `root_wait` (a tree being replaced, not removed)."""
+        return self.missing_since is not None and not self._lost
+
+    @property
+    def attached(self) -> bool:
+        """Whether the root is there to be listed (a rescan while it is not waits for the
+        diff of the re-attach)."""
+        return self.missing_since is None
+
+    def swap(self) -> dict[str, str]:
+        """The last swap of the root, for its log line: the root now, the one before, and
+        the configured path when it is a symlink."""
+        return dict(self._last_swap)
 
     @property
     def watcher_pid(self) -> int | None:
@@ -301,19 +411,21 @@ class FilesystemSource(WatchEvents):
     def previous_digest(self, path: str, indexed: FileStat) -> bytes | None:
         """The hash of `path` in the tree the root was before its last swap, when that file
         is still there as the index knew it (same size, mtime and inode): what a release
-        swap compares against when the index holds no hash. None otherwise."""
-        previous = self._previous_prefix
+        swap compares against when the index holds no hash. None otherwise. The old tree is
+        reached through a descriptor held open since it was attached, so it is found
+        wherever it was renamed to (`mv html html.old`), and not at all once deleted."""
+        previous = self._previous_fd
         if previous is None:
             return None
-        got = self._digest(previous + path)
+        got = self._digest(path, previous)
         return got.digest if got is not None and got == indexed else None
 
-    def _digest(self, full: str) -> FileStat | None:
+    def _digest(self, full: str, dir_fd: int | None = None) -> FileStat | None:
         try:
-            link = os.lstat(full)
+            link = os.lstat(full, dir_fd=dir_fd)
         except (OSError, ValueError):
             return None
-        got = file_digest(full, self.hashed)
+        got = file_digest(full, self.hashed, dir_fd)
         if got is None:
             return None
         st, digest = got
@@ -335,7 +447,6 @@ class FilesystemSource(WatchEvents):
         )
 
     def _set_root(self, root: str) -> None:
-        self._previous_prefix: str | None = None
         self._root_str = root
         self._root_prefix = root if root.endswith(os.sep) else root + os.sep
 
@@ -351,11 +462,149 @@ class FilesystemSource(WatchEvents):
         except OSError as exc:
             raise SourceError(self.name, f"root {root} cannot be listed: {describe(exc)}") from exc
 
+    # -- the root: attach, watch its identity, re-attach -----------------------------------------
+
+    def _root_identity(self) -> _Identity | None:
+        """The device and inode of the directory `root` leads to now; None when there is none."""
+        try:
+            st = os.stat(self.root)
+        except (OSError, ValueError):
+            return None
+        return (st.st_dev, st.st_ino) if stat_module.S_ISDIR(st.st_mode) else None
+
+    def _attach(self) -> Watch | WatchProcess:
+        """Watch `_root_str` (under the lock). A new generation: only this watch's events
+        pass from now on."""
+        self._generation += 1
+        kind = WatchProcess if self.separate_process else Watch
+        watch = kind(self._watch_settings(), _Attachment(self, self._generation))
+        self.watcher_kind = watch.start()
+        self._watch = watch
+        self._attached_generation = self._generation
+        fd: int | None = None
+        with contextlib.suppress(OSError):
+            fd = os.open(self._root_str, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        if self._root_fd is not None:
+            if self._previous_fd is not None:
+                os.close(self._previous_fd)
+            self._previous_fd = self._root_fd
+        self._root_fd = fd
+        return watch
+
+    def _close_fds(self) -> None:
+        for fd in (self._root_fd, self._previous_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._root_fd = self._previous_fd = None
+
+    def _watch_root(self) -> None:
+        """The root monitor thread: see the module docstring."""
+        while not self._monitor_stop.is_set():
+            self._root_event.wait(_ROOT_CHECK_SLOW if self._lost else _ROOT_CHECK)
+            self._root_event.clear()
+            if self._monitor_stop.is_set():
+                return
+            try:
+                self._check_identity()
+            except Exception:  # the monitor must outlive anything: it is what recovers
+                log.exception("source_root_check_failed", source=self.name)
+
+    def _check_identity(self) -> None:
+        identity = self._root_identity()
+        if (
+            identity is not None
+            and identity == self._identity
+            and self.missing_since is None
+            and self._attached_generation == self._generation
+        ):
+            return
+        if identity is None:
+            self._root_gone()
+            return
+        with self._lock:
+            if self._watch is None and self.missing_since is None:
+                return  # stopped meanwhile
+            self._reattach(identity)
+
+    def _root_gone(self) -> None:
+        now = self._clock()
+        with self._lock:
+            if self.missing_since is None:
+                self.missing_since = now
+                if self._metrics is not None:
+                    self._metrics.root_missing.labels(self.name).set(1)
+                self._generation += 1  # what the old watch still says is about a gone tree
+                watch, self._watch = self._watch, None
+                log.warning(
+                    "source_root_missing",
+                    source=self.name,
+                    root=str(self.root),
+                    waiting=self.root_wait,
+                )
+                if watch is not None:
+                    watch.stop()
+            elif not self._lost and now - self.missing_since >= self.root_wait:
+                self._lost = True
+                log.error(
+                    "source_root_lost",
+                    source=self.name,
+                    root=str(self.root),
+                    missing_for=round(now - self.missing_since, 1),
+                    reason=f"the root did not come back within {self.root_wait:g} s; changes "
+                    f"held meanwhile are accepted, and it is looked for every "
+                    f"{_ROOT_CHECK_SLOW:g} s",
+                )
+
+    def _reattach(self, identity: _Identity) -> None:
+        """Under the lock: the root is there and is not the directory being watched."""
+        previous = self._root_str
+        returned = self.missing_since is not None
+        self._generation += 1
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.stop()
+        self._set_root(os.path.realpath(self.root))
+        try:
+            self._attach()
+        except SourceError as exc:
+            # e.g. half created: try again at the next check
+            log.error("source_reattach_failed", source=self.name, error=exc.reason)
+            if self.missing_since is None:
+                self.missing_since = self._clock()
+            return
+        self._identity = identity
+        missing_since, self.missing_since, self._lost = self.missing_since, None, False
+        self.swaps += 1
+        if self._metrics is not None:
+            self._metrics.root_missing.labels(self.name).set(0)
+            self._metrics.root_swaps.labels(self.name).inc()
+        self._last_swap = {"root": self._root_str, "previous": previous}
+        if os.path.islink(self.root):
+            self._last_swap["link"] = str(self.root)
+        log.warning(
+            "source_root_returned" if returned else "source_root_replaced",
+            source=self.name,
+            **self._last_swap,
+            missing_for=round(self._clock() - missing_since, 3) if missing_since else 0,
+            watcher=self.watcher_kind,
+        )
+        self._sink(Change(self.name, "", ChangeKind.REATTACH, self._clock()))
+
     # -- WatchEvents: called on the watcher's threads -----------------------------------------
 
     def change(self, rel: str, kind: ChangeKind) -> None:
         if not self._delivering:
             return
+        now = time.monotonic_ns()
+        if now >= self._next_check_ns:
+            # The root replaced under a busy watch: its events may already be about a tree
+            # no longer served (git-sync deletes the old worktree right after the swap).
+            self._next_check_ns = now + _ROOT_CHECK_ON_EVENT_NS
+            if self._root_identity() != self._identity:
+                self._generation += 1
+                self._root_event.set()
+                return
         try:
             self._sink(Change(self.name, rel, kind, self._clock()))
         except Exception:
@@ -392,10 +641,10 @@ class FilesystemSource(WatchEvents):
         while True:
             with self._lock:
                 old = self._watch
-                if not isinstance(old, WatchProcess) or old.healthy:
-                    return  # stopped meanwhile, or already replaced
+                if not isinstance(old, WatchProcess) or old.healthy or self.missing_since:
+                    return  # stopped meanwhile, already replaced, or the root is gone
                 old.stop()
-                watch = WatchProcess(self._watch_settings(), self)
+                watch = WatchProcess(self._watch_settings(), _Attachment(self, self._generation))
                 try:
                     self.watcher_kind = watch.start()
                 except SourceError as exc:

@@ -66,6 +66,7 @@ def _filesystem(scfg: FilesystemSourceConfig, ctx: BuildContext) -> Source:
         watcher=scfg.watcher,
         poll_interval=scfg.poll_interval,
         separate_process=scfg.watcher_process,
+        compare=scfg.compare,
         metrics=ctx.metrics,
     )
 
