@@ -274,11 +274,17 @@ def test_an_unreachable_cloudfront_makes_health_503_naming_the_distribution(
 def test_a_vanished_root_makes_health_503_naming_the_source(
     started: DaemonProcess, docroot: Path
 ) -> None:
-    """Deleting the document root stops its watcher: health is 503 naming the source."""
+    """Deleting the document root: health is 503 naming the source and the missing root,
+    the root-missing gauge is 1; recreating it makes both well again."""
     shutil.rmtree(docroot)
     body = unhealthy_with(started, "source 'docroot'")
-    assert "is gone" in body["sources"]["docroot"]
+    assert f"root {docroot} is missing" in body["sources"]["docroot"]
     assert body["distributions"] == {"www": "ok"}
+    assert started.metric("invalidatord_source_root_missing", source="docroot") == 1
+    docroot.mkdir()
+    wait_for(lambda: started.health()[0] == 200, 10, what="healthy again")
+    assert started.metric("invalidatord_source_root_missing", source="docroot") == 0
+    assert started.metric("invalidatord_root_swaps_total", source="docroot") == 1
 
 
 # ---- systemd -----------------------------------------------------------------------------------
