@@ -877,6 +877,21 @@ class Journal:
         rows = self._read(f"{sql} ORDER BY key LIMIT ?", (*args, limit))
         return [(str(k), S3Stamp(str(e), float(t))) for k, e, t in rows]
 
+    def s3_index_get(self, source: str, keys: Iterable[str]) -> dict[str, S3Stamp]:
+        """The indexed stamp of each of `keys` that is in the S3 index."""
+        result: dict[str, S3Stamp] = {}
+        wanted = list(keys)
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            rows = self._read(
+                "SELECT key, etag, last_modified FROM s3_index "  # noqa: S608 - placeholders
+                f"WHERE source = ? AND key IN ({','.join('?' * len(chunk))})",
+                (source, *chunk),
+            )
+            for key, etag, last_modified in rows:
+                result[str(key)] = S3Stamp(str(etag), float(last_modified))
+        return result
+
     def s3_index_size(self, source: str) -> int:
         return int(self._read("SELECT count(*) FROM s3_index WHERE source = ?", (source,))[0][0])
 

@@ -37,7 +37,7 @@ as MinIO and Ceph send them) is accepted.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -63,6 +63,9 @@ class ObjectEvent:
     key: str  # the decoded object key, exactly as S3 stores it
     kind: ChangeKind  # CREATED or DELETED
     event_name: str  # "ObjectCreated:Put", "Object Deleted", ... as the message said it
+    #: the object's ETag when the event carries one (s3.object.eTag, detail.object.etag),
+    #: without quotes; None = not said. Not compared: it says which bytes, not which event
+    etag: str | None = field(default=None, compare=False)
 
 
 class MalformedMessage(ValueError):
@@ -172,10 +175,11 @@ def _parse_records(records: Any, where: str) -> list[ObjectEvent]:
             continue
         s3 = _field(record, "s3", dict, at)
         bucket = _field(_field(s3, "bucket", dict, f"{at}.s3"), "name", str, f"{at}.s3.bucket")
-        raw_key = _field(_field(s3, "object", dict, f"{at}.s3"), "key", str, f"{at}.s3.object")
+        obj = _field(s3, "object", dict, f"{at}.s3")
+        raw_key = _field(obj, "key", str, f"{at}.s3.object")
         _require_nonempty(bucket, f"{at}.s3.bucket.name")
         key = _decode_form_key(raw_key, f"{at}.s3.object.key")
-        events.append(ObjectEvent(bucket, key, kind, event_name))
+        events.append(ObjectEvent(bucket, key, kind, event_name, _etag(obj.get("eTag"))))
     return events
 
 
@@ -203,13 +207,23 @@ def _parse_eventbridge(doc: dict[str, Any], where: str) -> list[ObjectEvent]:
     bucket = _field(
         _field(detail, "bucket", dict, f"{where}detail"), "name", str, f"{where}detail.bucket"
     )
-    key = _field(
-        _field(detail, "object", dict, f"{where}detail"), "key", str, f"{where}detail.object"
-    )
+    obj = _field(detail, "object", dict, f"{where}detail")
+    key = _field(obj, "key", str, f"{where}detail.object")
     _require_nonempty(bucket, f"{where}detail.bucket.name")
     return [
-        ObjectEvent(bucket, _eventbridge_key(key, f"{where}detail.object.key"), kind, detail_type)
+        ObjectEvent(
+            bucket,
+            _eventbridge_key(key, f"{where}detail.object.key"),
+            kind,
+            detail_type,
+            _etag(obj.get("etag")),
+        )
     ]
+
+
+def _etag(value: object) -> str | None:
+    """An ETag as events and listings spell it, quoted or not; anything else is not one."""
+    return value.strip('"') or None if isinstance(value, str) else None
 
 
 def _eventbridge_key(key: str, where: str) -> str:

@@ -208,7 +208,7 @@ CASES: list[tuple[str, str, list[str]]] = [
         VALID + "    watch: inotify\n",
         [
             "config.yaml:8: sources[0].watch: unknown key 'watch' (expected one of: name, type, "
-            "root, ignore, watcher, poll_interval, watcher_process, rescan_interval); "
+            "root, ignore, watcher, poll_interval, watcher_process, rescan_interval, compare); "
             "did you mean 'watcher'?"
         ],
     ),
@@ -338,7 +338,7 @@ CASES: list[tuple[str, str, list[str]]] = [
         VALID + "  - name: b\n    type: s3-poll\n    bucket: site\n    wait_time: 5s\n",
         [
             "config.yaml:11: sources[1].wait_time: unknown key 'wait_time' "
-            "(expected one of: name, type, bucket, prefix, interval)"
+            "(expected one of: name, type, bucket, prefix, interval, compare)"
         ],
     ),
     (
@@ -688,13 +688,13 @@ def test_source_configs_describe_every_setting(workdir: Path) -> None:
     fs, sqs, poll = load_config_text(text, base_dir=workdir).sources
     assert fs.describe() == (
         f"docroot (filesystem): {workdir / 'site'}; ignore: [*.tmp], watcher: polling, "
-        "poll_interval: 5s, watcher_process: true, rescan_interval: null"
+        "poll_interval: 5s, watcher_process: true, rescan_interval: null, compare: content"
     )
     assert sqs.describe() == (
         'q (sqs): http://127.0.0.1:1/q; bucket: null, prefix: "", wait_time: 20s, '
-        "visibility_timeout: 60s, receivers: 3"
+        "visibility_timeout: 60s, receivers: 3, compare: content"
     )
-    assert poll.describe() == "b (s3-poll): s3://site-bucket/; interval: 300s"
+    assert poll.describe() == "b (s3-poll): s3://site-bucket/; interval: 300s, compare: content"
 
 
 def test_configs_built_in_python_are_cross_checked(workdir: Path) -> None:

@@ -82,7 +82,8 @@ def test_capistrano_releases_swap_rollback_and_cleanup(
     release(app / "releases/1", SITE)
     current = app / "current"
     current.symlink_to("releases/1")
-    with running_daemon(config(tmp_path, current, cloudfront, watcher_process=process)) as d:
+    cfg = config(tmp_path, current, cloudfront, compare="mtime", watcher_process=process)
+    with running_daemon(cfg) as d:
         assert step(cloudfront, current, 0) == set()
         before = mark(cloudfront)
         release(app / "releases/2", R2)  # built beside the live release
@@ -142,7 +143,8 @@ def test_a_plain_root_swapped_by_mv(
     (bytes compared with html.old, found wherever it went), and later edits are seen."""
     html = tmp_path / "html"
     release(html, SITE)
-    with running_daemon(config(tmp_path, html, cloudfront, watcher_process=process)) as d:
+    cfg = config(tmp_path, html, cloudfront, compare="mtime", watcher_process=process)
+    with running_daemon(cfg) as d:
         assert step(cloudfront, html, 0) == set()
         before = mark(cloudfront)
         release(tmp_path / "html.new", R2)

@@ -485,3 +485,26 @@ def test_a_100000_key_bucket_is_polled_in_bounded_memory(
     reports = bulk_listing(cloudfront, tmp_path, 100_000)
     print("\n100k poll figures:", json.dumps(reports, indent=1))
     check_bulk(reports, 100_000)
+
+
+@pytest.mark.parametrize(("compare", "reported"), [("content", False), ("mtime", True)])
+def test_the_same_bytes_uploaded_again(
+    s3: Any, make_source: SourceFactory, compare: str, reported: bool
+) -> None:
+    """An object uploaded again with the same bytes keeps its ETag and gets a new
+    LastModified: under compare: content it is not a change, under compare: mtime it is."""
+    put(s3, "page.html")
+    sink = Collector()
+    source = make_source(sink, compare=compare)
+    assert source.poll().baseline
+    before = s3.head_object(Bucket=BUCKET, Key="page.html")["LastModified"]
+    wait_for(
+        lambda: (
+            put(s3, "page.html")  # type: ignore[func-returns-value]
+            or s3.head_object(Bucket=BUCKET, Key="page.html")["LastModified"] > before
+        ),
+        10,
+        what="a LastModified later than the first upload's (S3 keeps whole seconds)",
+    )
+    assert (source.poll().modified == 1) is reported
+    assert pairs(sink.take()) == ({("page.html", M)} if reported else set())

@@ -22,6 +22,7 @@ from moto.server import ThreadedMotoServer
 from structlog.testing import capture_logs
 
 from invalidatord.errors import SourceError
+from invalidatord.journal import Journal
 from invalidatord.model import Change, ChangeKind
 from invalidatord.sources.sqs import EXCERPT_CHARS, SqsSource
 from tests.harness import Collector
@@ -501,3 +502,32 @@ def test_invalid_settings_are_refused(options: dict[str, Any], reason: str) -> N
     kwargs.update(options)
     with pytest.raises(SourceError, match=reason):
         SqsSource("assets", Collector(), object(), **kwargs)
+
+
+def test_the_same_bytes_uploaded_again_are_not_a_change_under_compare_content(
+    aws: Aws, make_source: SourceFactory, tmp_path: Path
+) -> None:
+    """With compare: content and the journal as its index, an object put again with the same
+    bytes (same ETag in the event) is not delivered once the first put was acknowledged, and
+    its message is deleted; new bytes and a put after a delete are delivered."""
+    url, arn = aws.queue("events")
+    aws.s3.create_bucket(Bucket="site-bucket")
+    aws.notify_queue("site-bucket", arn)
+    journal = Journal(tmp_path / "journal.sqlite")
+    sink = Collector()
+    source = make_source(url, sink, compare="content", index=journal)
+    source.start()
+    try:
+        aws.s3.put_object(Bucket="site-bucket", Key="page.html", Body=b"v1")
+        (first,) = sink.wait(1)
+        source.acknowledge([first.receipt or ""])
+        wait_for(lambda: journal.s3_index_size("assets") == 1, 5, what="the ETag indexed")
+        aws.s3.put_object(Bucket="site-bucket", Key="page.html", Body=b"v1")
+        wait_for(lambda: aws.counts(url) == (0, 0), 10, what="the repeat's message deleted")
+        assert len(sink.changes) == 1
+        aws.s3.put_object(Bucket="site-bucket", Key="page.html", Body=b"v2")
+        changes = sink.wait(2)
+        assert [(c.path, c.kind) for c in changes[1:]] == [("page.html", C)]
+    finally:
+        source.stop()
+        journal.close()

@@ -172,7 +172,7 @@ class FilesystemSourceConfig(_SourceModel):
     rescan_interval: Duration | None = 600.0
     #: what makes a file changed: its size, mtime or inode ("mtime"), or its bytes
     #: ("content": hashed with XXH3-128, read once per change; README says what it costs)
-    compare: Literal["mtime", "content"] = "mtime"
+    compare: Literal["mtime", "content"] = "content"
 
     @field_validator("root")
     @classmethod
@@ -212,6 +212,9 @@ class SqsSourceConfig(_SourceModel):
     visibility_timeout: Duration = 60.0
     #: threads receiving from the queue
     receivers: StrictInt = Field(default=2, ge=1, le=10)
+    #: "content": an object created with the ETag its key already had (the same bytes
+    #: uploaded again) is not a change; "mtime": every event is
+    compare: Literal["mtime", "content"] = "content"
 
     @field_validator("bucket")
     @classmethod
@@ -255,6 +258,9 @@ class S3PollSourceConfig(_SourceModel):
     prefix: str = ""
     #: time between the end of one listing and the start of the next
     interval: Duration = 300.0
+    #: "content": a key is changed only when its ETag is (the same bytes uploaded again are
+    #: not a change); "mtime": when its ETag or LastModified is
+    compare: Literal["mtime", "content"] = "content"
 
     @field_validator("bucket")
     @classmethod

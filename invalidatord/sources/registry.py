@@ -93,6 +93,8 @@ def _sqs(scfg: SqsSourceConfig, ctx: BuildContext) -> Source:
         wait_time=scfg.wait_time,
         visibility_timeout=scfg.visibility_timeout,
         receivers=scfg.receivers,
+        compare=scfg.compare,
+        index=ctx.journal,  # the ETag of each key, for compare: content
     )
 
 
@@ -107,6 +109,7 @@ def _s3_poll(scfg: S3PollSourceConfig, ctx: BuildContext) -> Source:
         bucket=scfg.bucket,
         prefix=scfg.prefix,
         interval=scfg.interval,
+        compare=scfg.compare,
     )
 
 

@@ -46,7 +46,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
@@ -123,6 +123,7 @@ class S3PollSource:
         bucket: str,
         prefix: str = "",
         interval: float = 300.0,
+        compare: Literal["mtime", "content"] = "content",
         page_size: int = MAX_PAGE_SIZE,
         min_backoff: float = 1.0,
         clock: Callable[[], float] = time.time,
@@ -136,6 +137,9 @@ class S3PollSource:
         self.bucket = bucket
         self.prefix = directory(prefix)
         self.interval = float(interval)
+        #: "content": only a new ETag is a change (an object uploaded again with the same
+        #: bytes keeps its ETag, not its LastModified); "mtime": either
+        self.compare = compare
         self._sink = sink
         self._client = client
         self._index = index
@@ -365,6 +369,7 @@ class S3PollSource:
             pending = self._outstanding.get(key)
             return indexed_stamp if pending is None else pending[1]
 
+        content = self.compare == "content"
         row = next(indexed, None)
         for key, stamp in listed:
             while row is not None and row[0] < key:  # indexed, not listed: deleted
@@ -378,7 +383,7 @@ class S3PollSource:
             before = known(key, indexed_stamp)
             if before is None:
                 report(key, ChangeKind.CREATED, stamp)
-            elif before != stamp:
+            elif before.etag != stamp.etag if content else before != stamp:
                 report(key, ChangeKind.MODIFIED, stamp)
         while row is not None:
             if known(row[0], row[1]) is not None:

@@ -40,13 +40,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from invalidatord.contracts import ChangeSink
 from invalidatord.errors import SourceError
+from invalidatord.journal import S3Stamp
 from invalidatord.model import Change, ChangeKind
 from invalidatord.s3events import KeyFilter, MalformedMessage, excerpt, parse_message
 from invalidatord.sources._aws import describe as _describe
@@ -55,6 +56,17 @@ from invalidatord.sources._aws import error_code as _code
 __all__ = ["SqsSource"]
 
 log = structlog.get_logger(__name__)
+
+
+class EtagIndex(Protocol):
+    """The part of the journal `compare: content` needs (`journal.Journal` has it)."""
+
+    def s3_index_get(self, source: str, keys: Sequence[str]) -> dict[str, S3Stamp]: ...
+
+    def s3_index_apply(
+        self, source: str, updates: Sequence[tuple[str, S3Stamp | None]]
+    ) -> None: ...
+
 
 #: SQS API limits.
 MAX_BATCH = 10  # messages per ReceiveMessage, entries per *Batch call
@@ -113,7 +125,12 @@ class SqsSource:
         clock: Callable[[], float] = time.time,
         min_backoff: float = 1.0,
         max_backoff: float = 60.0,
+        compare: Literal["mtime", "content"] = "content",
+        index: EtagIndex | None = None,
     ) -> None:
+        """`compare: content` with an `index` (the journal): an object created with the ETag
+        the index has for its key is the same bytes uploaded again, and not a change; the
+        index learns each key's ETag once its change is committed (`acknowledge`)."""
         # queue_url, wait_time, visibility_timeout and receivers are checked by the config
         # (SqsSourceConfig), the one place that names the key and line of a bad value.
         if not 0 < min_backoff <= max_backoff:
@@ -133,6 +150,10 @@ class SqsSource:
         self._min_backoff = min_backoff
         self._max_backoff = max_backoff
         self._log = log.bind(source=name)
+        self.compare = compare
+        self._index = index if compare == "content" else None
+        # receipt -> (path, its ETag; None = deleted or not said), for the index
+        self._stamps: dict[str, tuple[str, str | None]] = {}
 
         # State. `_lock` guards everything below; it is never held while calling the sink or
         # SQS. `_deliver_lock` makes "not stopped, deliver" atomic against `stop()`.
@@ -235,8 +256,13 @@ class SqsSource:
         receipts (of one delivery) are now acknowledged: in the background while running, at
         once after `stop()`. Unknown or repeated receipts are ignored. Never raises."""
         completed = 0
+        learned: list[tuple[str, S3Stamp | None]] = []
         with self._lock:
             for receipt in receipts:
+                stamp = self._stamps.pop(receipt, None)
+                if stamp is not None:
+                    path, etag = stamp
+                    learned.append((path, None if etag is None else S3Stamp(etag, self._clock())))
                 owner = self._receipts.pop(receipt, None)
                 if owner is None:
                     continue
@@ -252,6 +278,11 @@ class SqsSource:
                     self._mark_deletable(held)
                     completed += 1
             stopped = self._stopped
+        if learned and self._index is not None:
+            try:
+                self._index.s3_index_apply(self.name, learned)
+            except Exception as exc:  # noqa: BLE001 - a lost ETag costs one extra invalidation
+                self._log.warning("sqs_etag_index_failed", error=f"{type(exc).__name__}: {exc}")
         if not completed:
             return
         if stopped:
@@ -339,6 +370,7 @@ class SqsSource:
             return
 
         paths: dict[tuple[str, ChangeKind], None] = {}  # ordered, without duplicates
+        etags: dict[str, str | None] = {}
         for event in events:
             path, why = self.keys.path_of(event.bucket, event.key)
             if path is None:
@@ -352,6 +384,9 @@ class SqsSource:
                 )
                 continue
             paths[(path, event.kind)] = None
+            etags[path] = event.etag if event.kind is ChangeKind.CREATED else None
+        if self._index is not None and paths:
+            paths = self._drop_unchanged(message_id, paths, etags)
 
         with self._deliver_lock:
             if self._stopped:
@@ -359,6 +394,11 @@ class SqsSource:
             else:
                 release = False
                 changes = self._register(message_id, handle, received_at, seen, list(paths))
+                if self._index is not None:
+                    with self._lock:
+                        for change in changes:
+                            if change.receipt is not None:
+                                self._stamps[change.receipt] = (change.path, etags[change.path])
                 # The sink is called with `_deliver_lock` held (so `stop()` can promise that
                 # nothing is delivered after it returns) but never with `_lock` held (so an
                 # `acknowledge` from the pipeline can never wait on a sink call).
@@ -366,6 +406,34 @@ class SqsSource:
                     self._deliver(change, message_id)
         if release:
             self._release([(message_id, handle)])
+
+    def _drop_unchanged(
+        self,
+        message_id: str,
+        paths: dict[tuple[str, ChangeKind], None],
+        etags: dict[str, str | None],
+    ) -> dict[tuple[str, ChangeKind], None]:
+        """The events of `paths` less the objects created with the ETag the index has."""
+        assert self._index is not None
+        try:
+            known = self._index.s3_index_get(self.name, [p for p, _ in paths])
+        except Exception as exc:  # noqa: BLE001 - unsure: deliver, an extra path is harmless
+            self._log.warning("sqs_etag_index_failed", error=f"{type(exc).__name__}: {exc}")
+            return paths
+        kept: dict[tuple[str, ChangeKind], None] = {}
+        for path, kind in paths:
+            etag = etags.get(path)
+            stamp = known.get(path)
+            if (
+                kind is ChangeKind.CREATED
+                and etag is not None
+                and stamp is not None
+                and stamp.etag.strip('"') == etag
+            ):
+                self._log.debug("sqs_event_unchanged", message_id=message_id, path=path, etag=etag)
+                continue
+            kept[(path, kind)] = None
+        return kept
 
     def _register(
         self,
