@@ -47,8 +47,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from invalidatord.contracts import ChangeSink
 from invalidatord.errors import SourceError
-from invalidatord.journal import S3Stamp
-from invalidatord.model import Change, ChangeKind
+from invalidatord.model import Change, ChangeKind, S3Stamp
 from invalidatord.s3events import KeyFilter, MalformedMessage, excerpt, parse_message
 from invalidatord.sources._aws import describe as _describe
 from invalidatord.sources._aws import error_code as _code
