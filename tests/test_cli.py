@@ -42,9 +42,11 @@ def test_check_prints_every_setting_of_each_source(tmp_path: Path) -> None:
     assert lines[1] == (
         "  source uploads (sqs): https://sqs.us-east-1.amazonaws.com/123456789012/uploads-events; "
         "bucket: example-uploads, prefix: public/, wait_time: 20s, visibility_timeout: 60s, "
-        "receivers: 2"
+        "receivers: 2, compare: content"
     )
-    assert lines[2] == "  source static (s3-poll): s3://example-static/site/; interval: 300s"
+    assert lines[2] == (
+        "  source static (s3-poll): s3://example-static/site/; interval: 300s, compare: content"
+    )
     assert lines[0].startswith("  source docroot (filesystem): /")
     assert "; ignore: [" in lines[0]
     assert (

@@ -109,7 +109,7 @@ def test_capistrano_releases_swap_rollback_and_cleanup(
         swap_link(current, "releases/2")  # the rollback (releases/2 has the edited css)
         assert step(cloudfront, current, before) == {"/keep.html", "/css/site.css"}
         assert len(d.find("root_swapped")) == 3
-        assert d.health()[0] == 200
+        wait_for(lambda: d.health()[0] == 200, 10, what="healthy after the swaps")
 
 
 def test_git_sync_worktree_swap_with_the_old_worktree_deleted(
