@@ -48,7 +48,7 @@ ENV PATH=/opt/invalidatord/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     INVALIDATORD_CONFIG=/etc/invalidatord/config.yaml \
-    INVALIDATORD_HEALTH_URL=http://127.0.0.1:9464/healthz
+    INVALIDATORD_HEALTH_URL=http://127.0.0.1:9464/livez
 VOLUME /var/lib/invalidatord
 WORKDIR /var/lib/invalidatord
 USER ${UID}:${UID}

@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import signal
 import socket
 import threading
@@ -114,6 +115,10 @@ PROBE_INTERVAL = 30.0
 GAUGE_INTERVAL = 5.0
 #: How old a StatusReport /healthz may answer from (a tick collects one every GAUGE_INTERVAL).
 REPORT_MAX_AGE = 1.0
+#: How long the pipeline loop may go without a turn, or a watcher stay stopped while its root
+#: is there, before GET /livez says the process no longer works (systemd's WatchdogSec is the
+#: same 30 s). The loop turns at least once a second when idle.
+LIVENESS_STALL = 30.0
 #: Threads running scheduled jobs: each job only asks or reads, so two are plenty.
 JOB_THREADS = 2
 
@@ -161,6 +166,8 @@ class Daemon:
         self._report_lock = threading.Lock()
         self._started = False
         self._stopped = False
+        self._last_turn: float | None = None  # monotonic time of the pipeline loop's last turn
+        self._unwatched_since: dict[str, float] = {}
 
     # ---- start -------------------------------------------------------------------------------
 
@@ -388,6 +395,48 @@ class Daemon:
         report = self.status_report()
         return report.healthy, report.body()
 
+    def liveness(self) -> tuple[bool, dict[str, Any]]:
+        """(alive, the JSON body of /livez): does the process itself work? The pipeline loop
+        turns, the submitter's thread runs, each watcher watches a root that is there, the
+        journal can be written. Not CloudFront, not permissions, not a root that is gone:
+        restarting the process fixes none of those, and a probe that restarts it (Kubernetes
+        liveness) or takes the pod out of its Service (readiness) must not depend on them.
+        Starting (a first start's baseline may take minutes) and stopping count as alive."""
+        problems: list[str] = []
+        now = time.monotonic()
+        if self._started and not self._stopped:
+            pipeline, submitter = self.pipeline, self.submitter
+            if pipeline is not None and not pipeline.alive:
+                problems.append("pipeline: its thread has ended")
+            elif self._last_turn is not None and now - self._last_turn > LIVENESS_STALL:
+                problems.append(f"pipeline: no turn for {now - self._last_turn:.0f}s")
+            if submitter is not None and not submitter.alive:
+                problems.append("submitter: its thread has ended")
+            problems += self._stopped_watchers(now)
+        journal = self.journal
+        if journal is not None and not self._stopped:
+            why = journal.writable()
+            if why:
+                problems.append(why)
+        body: dict[str, Any] = {"status": "ok" if not problems else "failing", "phase": self.phase}
+        if problems:
+            body["problems"] = problems
+        return not problems, body
+
+    def _stopped_watchers(self, now: float) -> list[str]:
+        """Tree sources not watching although their root is there, for over LIVENESS_STALL
+        (a watcher that died is replaced well within it; one that stays dead needs a restart)."""
+        problems = []
+        for scfg in self.cfg.sources:
+            source, root = self.sources.get(scfg.name), getattr(scfg, "root", None)
+            if source is None or root is None or source.healthy or not os.path.isdir(root):
+                self._unwatched_since.pop(scfg.name, None)
+                continue
+            since = self._unwatched_since.setdefault(scfg.name, now)
+            if now - since > LIVENESS_STALL:
+                problems.append(f"source {scfg.name!r}: not watching {root} for {now - since:.0f}s")
+        return problems
+
     def refresh_gauges(self) -> None:
         """Set every gauge from a fresh report (at each scrape and each tick)."""
         self.status_report(max_age=0).set_gauges(self.metrics)
@@ -404,6 +453,7 @@ class Daemon:
     def _heartbeat(self) -> None:
         """Called by the pipeline loop each turn: a wedged pipeline stops the watchdog pings.
         systemd starts the watchdog once READY=1 is sent, so nothing is sent before."""
+        self._last_turn = time.monotonic()
         if self.ready.is_set():
             self.notifier.watchdog()  # rate-limits itself to a quarter of the interval
 

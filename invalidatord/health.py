@@ -39,6 +39,8 @@ class StatusView(Protocol):
 
     def health(self) -> tuple[bool, dict[str, Any]]: ...
 
+    def liveness(self) -> tuple[bool, dict[str, Any]]: ...
+
     def refresh_gauges(self) -> None: ...
 
 
@@ -304,9 +306,10 @@ MAX_CONNECTIONS = 32
 
 
 class StatusServer:
-    """GET /healthz and GET /metrics for whichever daemon is current (a reload hands the
-    server to the new one). One thread per connection, at most `max_connections` of them;
-    a connection idle for `idle_timeout` seconds is closed."""
+    """GET /healthz (ready and nothing needs attention: sources watching, CloudFront answering),
+    GET /livez (the process works: see `Daemon.liveness`) and GET /metrics, for whichever
+    daemon is current (a reload hands the server to the new one). One thread per connection,
+    at most `max_connections` of them; a connection idle for `idle_timeout` seconds is closed."""
 
     def __init__(
         self,
@@ -330,8 +333,8 @@ class StatusServer:
             def do_GET(self) -> None:
                 path = self.path.split("?")[0]
                 current = owner.daemon
-                if path == "/healthz":
-                    ok, body = current.health()
+                if path in ("/healthz", "/livez"):
+                    ok, body = current.health() if path == "/healthz" else current.liveness()
                     self._send(200 if ok else 503, "application/json", json.dumps(body).encode())
                 elif path == "/metrics":
                     current.refresh_gauges()

@@ -240,6 +240,8 @@ class Journal:
         for name, distribution_id in self._ids.items():
             self._names.setdefault(distribution_id, name)
         self._lock = threading.RLock()
+        #: Why the latest write failed, or None once one succeeds (liveness reads it).
+        self.write_error: str | None = None
         try:
             if self.path != ":memory:":
                 make_state_dir(Path(self.path).parent)
@@ -280,6 +282,10 @@ class Journal:
                 )
                 self._reader.execute("PRAGMA busy_timeout=30000")
                 self._read_lock = threading.RLock()
+            self._inode: tuple[int, int] | None = None
+            if self.path != ":memory:":
+                st = os.stat(self.path)
+                self._inode = (st.st_dev, st.st_ino)
         except (sqlite3.Error, OSError) as exc:
             raise JournalError(f"cannot open the journal {self.path}: {exc}") from exc
 
@@ -327,7 +333,29 @@ class Journal:
                     raise
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
+                self.write_error = str(exc)
                 raise JournalError(f"journal {self.path}: {exc}") from exc
+            self.write_error = None
+
+    def writable(self) -> str | None:
+        """None while the journal can be written; else why not (one line): the latest write
+        failed, or the file is gone or replaced (a process writing to a deleted inode records
+        nothing the next start will read). Cheap: no write, no lock."""
+        if self.write_error is not None:
+            return f"journal {self.path}: the latest write failed: {self.write_error}"
+        if self.path == ":memory:":
+            return None
+        try:
+            on_disk = os.stat(self.path)
+        except OSError as exc:
+            return f"journal {self.path}: {exc.strerror or exc}"
+        if self._inode is not None and (on_disk.st_dev, on_disk.st_ino) != self._inode:
+            return f"journal {self.path}: the file was replaced since the daemon opened it"
+        if not os.access(self.path, os.W_OK) or not os.access(
+            os.path.dirname(self.path) or ".", os.W_OK
+        ):
+            return f"journal {self.path}: not writable"
+        return None
 
     def _read(self, sql: str, args: Sequence[object] = ()) -> list[Any]:
         with self._read_lock:

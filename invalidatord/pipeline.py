@@ -133,6 +133,11 @@ class Pipeline:
             self._thread.join()
         self.flush_all()
 
+    @property
+    def alive(self) -> bool:
+        """False once its thread has ended without being asked to stop."""
+        return self._thread is None or self._thread.is_alive() or self._stop.is_set()
+
     def pending(self) -> int:
         return sum(len(d) for d in self._debouncers.values()) + self._inbox.qsize()
 

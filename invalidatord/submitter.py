@@ -144,6 +144,11 @@ class Submitter:
         self._thread = threading.Thread(target=self._run, name="submitter", daemon=True)
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """False once its thread has ended without being asked to stop."""
+        return self._thread is None or self._thread.is_alive() or self._stop.is_set()
+
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()

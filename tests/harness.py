@@ -274,10 +274,12 @@ class DaemonProcess:
         wait_for(lambda: self.health()[0] == 200, timeout, what="GET /healthz 200")
         return self.health_url
 
-    def health(self) -> tuple[int, dict[str, Any]]:
+    def health(self, path: str = "/healthz") -> tuple[int, dict[str, Any]]:
+        """(HTTP status, JSON body) of GET `path` (/healthz, /livez); (0, {}) if unreachable."""
         assert self.health_url is not None
+        url = self.health_url.rsplit("/", 1)[0] + path
         try:
-            with urllib.request.urlopen(self.health_url, timeout=5) as response:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read() or b"{}")

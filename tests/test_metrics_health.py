@@ -287,6 +287,33 @@ def test_a_vanished_root_makes_health_503_naming_the_source(
     assert started.metric("invalidatord_root_swaps_total", source="docroot") == 1
 
 
+def test_liveness_stays_200_while_cloudfront_is_unreachable_and_the_root_is_gone(
+    started: DaemonProcess, cloudfront: CloudFrontEmulator, docroot: Path
+) -> None:
+    """/livez says whether the process works, not whether CloudFront or the root are there:
+    with CloudFront unreachable and the root deleted /healthz is 503 and /livez stays 200."""
+    assert started.health("/livez") == (200, {"status": "ok", "phase": "ready"})
+    cloudfront.stop()
+    shutil.rmtree(docroot)
+    unhealthy_with(started, "distribution 'www'", "unreachable", timeout=30)
+    unhealthy_with(started, "source 'docroot'")
+    assert started.health("/livez") == (200, {"status": "ok", "phase": "ready"})
+
+
+def test_liveness_is_503_once_the_journal_file_is_removed(
+    started: DaemonProcess, tmp_path: Path
+) -> None:
+    """Deleting the journal under a running daemon (what it writes would be lost at the next
+    start) makes /livez 503 naming the journal file."""
+    journal = tmp_path / "state" / "journal.sqlite"
+    journal.unlink()
+    status, body = started.health("/livez")
+    assert status == 503
+    assert body["status"] == "failing"
+    assert [p for p in body["problems"] if str(journal) in p] == body["problems"]
+    assert len(body["problems"]) == 1
+
+
 # ---- systemd -----------------------------------------------------------------------------------
 
 

@@ -217,16 +217,23 @@ def healthcheck_commands() -> dict[str, list[str]]:
 def test_healthcheck_command_tells_healthy_from_not(
     origin: str, health_server: str, tmp_path: Path
 ) -> None:
-    """The health check exits 0 on a 200 from /healthz, non-zero with one line on a 503 or a
-    refused connection (run with this interpreter standing in for the image's python3)."""
+    """The health check asks /livez (liveness: a CloudFront outage must not make the container
+    unhealthy), exits 0 on a 200, non-zero with one line on a 503 or a refused connection (run
+    with this interpreter standing in for the image's python3)."""
     argv = healthcheck_commands()[origin]
     assert argv[:2] == ["python3", "-c"]
     code = argv[2]
+    if origin == "Dockerfile":
+        pairs = [p for k, a in dockerfile_instructions() if k == "ENV" for p in a.split()]
+        env = dict(p.split("=", 1) for p in pairs)
+        assert env["INVALIDATORD_HEALTH_URL"] == "http://127.0.0.1:9464/livez"
+    else:
+        assert "http://127.0.0.1:9464/livez" in code
 
     def check(url: str) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "INVALIDATORD_HEALTH_URL": url}
         return subprocess.run(
-            [sys.executable, "-c", code.replace("http://127.0.0.1:9464/healthz", url)],
+            [sys.executable, "-c", code.replace("http://127.0.0.1:9464/livez", url)],
             env=env,
             capture_output=True,
             text=True,
@@ -322,7 +329,8 @@ def test_kubernetes_matches_the_api_schemas() -> None:
 def test_kubernetes_sidecar_shape() -> None:
     """One replica replaced (not rolled) so one journal writer, nginx and the sidecar share the
     document root (read-only for the sidecar), config from the ConfigMap, state on a PVC,
-    readiness on /healthz, non-root with a read-only root filesystem."""
+    liveness on /livez and no readiness probe on the sidecar (a failing one would take nginx
+    out of its Service), non-root with a read-only root filesystem."""
     objects = kubernetes_objects()
     deployment = objects["Deployment/web"]
     assert deployment["spec"]["replicas"] == 1
@@ -343,9 +351,11 @@ def test_kubernetes_sidecar_shape() -> None:
     }
     state_volume = volumes[mounts["/var/lib/invalidatord"]["name"]]
     assert f"PersistentVolumeClaim/{state_volume['persistentVolumeClaim']['claimName']}" in objects
-    probe = sidecar["readinessProbe"]["httpGet"]
+    assert "readinessProbe" not in sidecar
+    assert "startupProbe" not in sidecar
+    probe = sidecar["livenessProbe"]["httpGet"]
     ports = {p["name"]: p["containerPort"] for p in sidecar["ports"]}
-    assert (probe["path"], ports[probe["port"]]) == ("/healthz", 9464)
+    assert (probe["path"], ports[probe["port"]]) == ("/livez", 9464)
     for container in containers.values():
         sc = container["securityContext"]
         assert sc["readOnlyRootFilesystem"] is True
