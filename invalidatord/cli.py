@@ -141,7 +141,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _plan(cfg, args.source, args.paths, as_json=args.json)
     logs.configure(cfg.log.format, cfg.log.level)
     if command == "run":
+        from invalidatord.factory import state_dir_problem
         from invalidatord.sources import registry
+
+        # Before any watcher starts: one line, not a traceback from deep in the start-up.
+        problem = None if args.dry_run else state_dir_problem(cfg.state_dir)
+        if problem is not None:
+            raise InvalidatordError(problem[0])
 
         # the watchers add their watches on the other core while the rest is imported
         registry.prespawn(cfg.sources)
@@ -158,6 +164,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _check(cfg: Config, path: str) -> int:
+    from invalidatord.factory import state_dir_problem
+
+    problem = state_dir_problem(cfg.state_dir)
+    if problem is not None and problem[1]:  # no user could run the daemon with it
+        print(f"{path}: {problem[0]}", file=sys.stderr)
+        return EXIT_USAGE
     print(f"{path}: valid")
     print(f"  state_dir: {cfg.state_dir}")
     for name, dist in cfg.distributions.items():
@@ -172,6 +184,9 @@ def _check(cfg: Config, path: str) -> int:
     print(f"  debounce: quiet {cfg.debounce.quiet:g}s, max delay {cfg.debounce.max_delay:g}s")
     for warning in config_warnings(cfg):
         print(f"warning: {warning}", file=sys.stderr)
+    if problem is not None:
+        # Maybe only for this user: systemd's StateDirectory= creates it for the daemon's.
+        print(f"warning: {problem[0]} (as this user; `run` needs it writable)", file=sys.stderr)
     return EXIT_OK
 
 

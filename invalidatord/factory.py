@@ -7,14 +7,17 @@ submitter, a mapper) instead of building their own, so every part is built one w
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from invalidatord.cloudfront import Boto3CloudFront, DryRunCloudFront, make_session
 from invalidatord.config import Config
 from invalidatord.contracts import CloudFront
+from invalidatord.errors import JournalError
 from invalidatord.journal import Journal, make_state_dir, open_state_file
 from invalidatord.mapping import Mapper
 from invalidatord.metrics import Metrics
@@ -92,17 +95,57 @@ def trees_for(cfg: Config, journal: Journal, distributions: list[str]) -> dict[s
     return trees(journal, cfg.mapping_rules(), kinds, distributions)
 
 
+def state_dir_problem(state_dir: str) -> tuple[str, bool] | None:
+    """Why the daemon could not create or write `state_dir`, as (one line, whether it holds
+    for every user), or None when it can. Creates nothing that outlives the call: the test is a
+    directory made and removed in the nearest existing ancestor, since permission bits alone
+    say nothing for root, /proc or a read-only mount.
+
+    A permission problem (EACCES, EPERM) may hold only for the user asking (`check` run by a
+    person, the daemon by systemd's user, with StateDirectory= creating it at start), so the
+    second item is False for it."""
+    path = Path(state_dir)
+    if path.exists() and not path.is_dir():
+        return f"state_dir {state_dir}: not a directory", True
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"state_dir {state_dir}: cannot be created: {existing} is not a directory", True
+    what = "cannot be written" if existing == path else "cannot be created"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".invalidatord-check-", dir=existing))
+    except OSError as exc:
+        where = "" if existing == path else f" in {existing}"
+        line = f"state_dir {state_dir}: {what}{where}: {exc.strerror or exc}"
+        return line, exc.errno not in (errno.EACCES, errno.EPERM)
+    return None
+
+
 class StateLock:
     """An flock on state_dir/daemon.lock: one daemon per journal. `invalidatord invalidate`
     uses it to learn whether a daemon is running (and will submit for it)."""
 
     def __init__(self, state_dir: Path) -> None:
-        make_state_dir(state_dir)
+        try:
+            make_state_dir(state_dir)
+        except OSError as exc:
+            raise JournalError(
+                f"state_dir {state_dir}: cannot be created: {exc.strerror or exc}"
+            ) from exc
         self.path = state_dir / LOCK_NAME
         self._fd: int | None = None
 
     def acquire(self) -> bool:
-        fd = open_state_file(self.path)
+        try:
+            fd = open_state_file(self.path)
+        except OSError as exc:
+            raise JournalError(
+                f"state_dir {self.path.parent}: cannot be written ({self.path}): "
+                f"{exc.strerror or exc}"
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

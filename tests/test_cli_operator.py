@@ -1,0 +1,115 @@
+"""What an operator meets on a bad day: every mistake gets one line and an exit code, never a
+traceback. The CLI runs as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.harness import aws_test_env
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "invalidatord", *args],
+        capture_output=True,
+        text=True,
+        env=env or aws_test_env(),
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def config_with(tmp_path: Path, **overrides: object) -> Path:
+    """A minimal valid config in tmp_path (a filesystem source on tmp_path/www)."""
+    root = tmp_path / "www"
+    root.mkdir(exist_ok=True)
+    cfg: dict[str, object] = {
+        "state_dir": str(tmp_path / "state"),
+        "aws": {"endpoint_url": "http://127.0.0.1:1", "region": "us-east-1"},
+        "distributions": {"www": {"id": "E2EXAMPLE12345"}},
+        "sources": [
+            {"name": "docroot", "type": "filesystem", "root": str(root), "ignore": ["*.tmp"]}
+        ],
+        "rules": [{"match": "**", "urls": ["/{path}"]}],
+        "metrics": {"listen": None},
+        "log": {"format": "json"},
+    }
+    cfg.update(overrides)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory nothing can be created in: a read-only tmpfs when run as root (root ignores
+    permission bits), else mode 0555."""
+    target = tmp_path / "ro"
+    target.mkdir()
+    if os.geteuid() == 0:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(target)],
+            capture_output=True,
+            check=False,
+        )
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot mount a read-only tmpfs: {mounted.stderr!r}")
+        yield target
+        subprocess.run(["umount", str(target)], check=True)
+    else:
+        target.chmod(0o555)
+        yield target
+        target.chmod(0o755)
+
+
+def unusable_state_dirs(tmp_path: Path, read_only: Path) -> dict[str, tuple[str, str]]:
+    """name -> (state_dir, what the line must say)."""
+    (tmp_path / "a-file").write_text("x")
+    return {
+        "proc": ("/proc/nope", "state_dir /proc/nope: cannot be created in /proc"),
+        "file": (str(tmp_path / "a-file"), "not a directory"),
+        "under-a-file": (str(tmp_path / "a-file" / "state"), "a-file is not a directory"),
+        "read-only": (str(read_only / "state"), "cannot be created in"),
+    }
+
+
+@pytest.mark.parametrize("case", ["proc", "file", "under-a-file", "read-only"])
+def test_run_and_check_report_a_state_dir_that_cannot_be_used(
+    case: str, tmp_path: Path, read_only_dir: Path
+) -> None:
+    """`run` with a state_dir that cannot be created or written exits 1 with one line naming
+    it; `check` reports the same line (exit 2) instead of calling the config valid."""
+    state_dir, says = unusable_state_dirs(tmp_path, read_only_dir)[case]
+    config = config_with(tmp_path, state_dir=state_dir)
+    run = cli("run", "-c", str(config))
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.count("\n") == 1, run.stderr
+    assert run.stderr.startswith(f"invalidatord: state_dir {state_dir}: ")
+    assert says in run.stderr
+    check = cli("check", "-c", str(config))
+    assert check.returncode == 2, check.stdout + check.stderr
+    assert "valid" not in check.stdout
+    assert check.stderr == f"{config}: {run.stderr.removeprefix('invalidatord: ')}"
+
+
+@pytest.mark.parametrize("command", ["invalidate", "status"])
+def test_other_commands_report_an_unusable_state_dir_in_one_line(
+    command: str, tmp_path: Path
+) -> None:
+    """`invalidate` and `status` on a state_dir that is a file: one line, exit 1."""
+    (tmp_path / "a-file").write_text("x")
+    config = config_with(tmp_path, state_dir=str(tmp_path / "a-file"))
+    args = ["/index.html"] if command == "invalidate" else []
+    result = cli(command, "-c", str(config), *args)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "a-file" in result.stderr
