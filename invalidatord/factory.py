@@ -95,7 +95,7 @@ def trees_for(cfg: Config, journal: Journal, distributions: list[str]) -> dict[s
     return trees(journal, cfg.mapping_rules(), kinds, distributions)
 
 
-def state_dir_problem(state_dir: str) -> tuple[str, bool] | None:
+def state_dir_problem(state_dir: str | os.PathLike[str]) -> tuple[str, bool] | None:
     """Why the daemon could not create or write `state_dir`, as (one line, whether it holds
     for every user), or None when it can. Creates nothing that outlives the call: the test is a
     directory made and removed in the nearest existing ancestor, since permission bits alone
