@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import posixpath
 import sys
 import time
 from collections.abc import Sequence
@@ -191,23 +192,34 @@ def _check(cfg: Config, path: str) -> int:
 
 
 def _source_paths(cfg: Config, source: str | None, paths: Sequence[str]) -> tuple[str, list[str]]:
-    """(the source's name, `paths` relative to its root): as `map` and `plan` take them."""
+    """(the source's name, `paths` relative to its root): as `map` and `plan` take them.
+    Every path is checked before any is used: a script gets all or nothing."""
     names = [s.name for s in cfg.sources]
     source = source or names[0]
     if source not in names:
         raise UsageError(f"unknown source {source!r} (known: {', '.join(names)})")
-    scfg = next(s for s in cfg.sources if s.name == source)
-    root = getattr(scfg, "root", None)
-    out: list[str] = []
-    for raw in paths:
-        rel = raw
-        if root is not None and os.path.isabs(raw):
-            try:
-                rel = Path(raw).resolve().relative_to(Path(root).resolve()).as_posix()
-            except ValueError as exc:
-                raise UsageError(f"{raw} is not under the source root {root}") from exc
-        out.append(rel.lstrip("/"))
-    return source, out
+    root = getattr(cfg.sources[names.index(source)], "root", None)
+    return source, [_relative(raw, root) for raw in paths]
+
+
+def _relative(raw: str, root: str | None) -> str:
+    """`raw` as a path relative to the source root (`root` None: an S3 key, taken as is
+    without its leading slashes). Raises UsageError for an empty path or one outside the root."""
+    if not raw.strip():
+        raise UsageError(f"{raw!r}: an empty path (give a path relative to the source root)")
+    if root is None:
+        return raw.lstrip("/")
+    if os.path.isabs(raw):
+        try:
+            return Path(raw).resolve().relative_to(Path(root).resolve()).as_posix()
+        except ValueError as exc:
+            raise UsageError(f"{raw} is not under the source root {root}") from exc
+    rel = posixpath.normpath(raw)
+    if rel == ".." or rel.startswith("../"):
+        raise UsageError(f"{raw}: outside the source root {root} (a path relative to it)")
+    if rel == ".":
+        raise UsageError(f"{raw!r}: the source root itself, not a file under it")
+    return rel
 
 
 def _plan(cfg: Config, source: str | None, paths: Sequence[str], *, as_json: bool) -> int:
@@ -282,10 +294,17 @@ def _plan(cfg: Config, source: str | None, paths: Sequence[str], *, as_json: boo
 
 def _map(cfg: Config, source: str | None, paths: Sequence[str]) -> int:
     from invalidatord.factory import mapper_for
+    from invalidatord.sources.ignore import deciding_pattern
 
     source, rels = _source_paths(cfg, source, paths)
+    index = [s.name for s in cfg.sources].index(source)
+    ignore: list[str] = list(getattr(cfg.sources[index], "ignore", None) or [])
     mapper = mapper_for(cfg)
     for rel in rels:
+        pattern = deciding_pattern(ignore, rel) if ignore else None
+        if pattern is not None:
+            print(f"# {rel}: ignored by sources[{index}].ignore {pattern!r}", file=sys.stderr)
+            continue
         mapped = mapper.map(source, rel)
         if mapped.rule is None:
             print(f"# {rel}: no rule matches", file=sys.stderr)

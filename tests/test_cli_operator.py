@@ -36,7 +36,12 @@ def config_with(tmp_path: Path, **overrides: object) -> Path:
         "aws": {"endpoint_url": "http://127.0.0.1:1", "region": "us-east-1"},
         "distributions": {"www": {"id": "E2EXAMPLE12345"}},
         "sources": [
-            {"name": "docroot", "type": "filesystem", "root": str(root), "ignore": ["*.tmp"]}
+            {
+                "name": "docroot",
+                "type": "filesystem",
+                "root": str(root),
+                "ignore": [".git/", "*.tmp"],
+            }
         ],
         "rules": [{"match": "**", "urls": ["/{path}"]}],
         "metrics": {"listen": None},
@@ -113,3 +118,42 @@ def test_other_commands_report_an_unusable_state_dir_in_one_line(
     assert "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
     assert "a-file" in result.stderr
+
+
+# ---- map ---------------------------------------------------------------------------------------
+
+
+def test_map_says_which_ignore_pattern_drops_a_path(tmp_path: Path) -> None:
+    """`map` honours the source's ignore list as the daemon does: an ignored path prints no
+    URL, and a line names the pattern; a path the list does not match maps as before."""
+    config = config_with(tmp_path)
+    result = cli("map", "-c", str(config), ".git/HEAD", "x.tmp", "a.html", "deep/.git/config")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "www /a.html\n"
+    assert result.stderr.splitlines() == [
+        "# .git/HEAD: ignored by sources[0].ignore '.git/'",
+        "# x.tmp: ignored by sources[0].ignore '*.tmp'",
+        "# deep/.git/config: ignored by sources[0].ignore '.git/'",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("path", "says"),
+    [
+        ("", "'': an empty path"),
+        ("../etc/passwd", "../etc/passwd: outside the source root"),
+        ("a/../../x", "a/../../x: outside the source root"),
+        ("/etc/passwd", "/etc/passwd is not under the source root"),
+    ],
+)
+def test_map_refuses_a_path_outside_the_root_with_exit_2(
+    path: str, says: str, tmp_path: Path
+) -> None:
+    """An empty path or one that leaves the source root is a usage error: exit 2, one line,
+    and nothing printed for the good paths given with it."""
+    config = config_with(tmp_path)
+    result = cli("map", "-c", str(config), "a.html", path)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"invalidatord: {says}")
+    assert result.stderr.count("\n") == 1

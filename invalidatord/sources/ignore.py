@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pathspec
 
-__all__ = ["Match", "matchers"]
+__all__ = ["Match", "deciding_pattern", "matchers"]
 
 Match = Callable[[str], bool]
 
@@ -59,3 +59,13 @@ def _alternation(sources: list[str]) -> Match | None:
         return None
     match = re.compile("|".join("(?:" + s + ")" for s in sources)).match
     return lambda path: match(path) is not None
+
+
+def deciding_pattern(patterns: list[str], path: str) -> str | None:
+    """The ignore-list line that makes `path` ignored (git's rule: the last matching pattern
+    decides, so a later `!pattern` un-ignores), or None when `path` is not ignored. For people
+    (`invalidatord map`), not the hot path."""
+    result = pathspec.GitIgnoreSpec.from_lines(patterns).check_file(path)
+    if not result.include or result.index is None:
+        return None
+    return patterns[result.index]
