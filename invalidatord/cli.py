@@ -26,7 +26,7 @@ from invalidatord.journal import (
     BatchRecord,
     Journal,
 )
-from invalidatord.mapping import encode_path, normalise
+from invalidatord.mapping import encode_path, normalise, path_problem
 from invalidatord.metrics import FREE_PATHS_PER_MONTH, PRICE_PER_PATH
 from invalidatord.planner import covers
 
@@ -77,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
         "--wait", action="store_true", help="show progress until every one is Completed"
     )
     inv.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="with --wait: give up after this long (exit 1, saying why); default: no limit; "
+        "without --wait: how long to try submitting when no daemon runs (default 60)",
+    )
+    inv.add_argument(
         "--raw", action="store_true", help="send the URL paths exactly as given (already encoded)"
     )
     inv.add_argument("urls", nargs="+", metavar="URL")
@@ -118,6 +125,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
+def _seconds(text: str) -> float:
+    """A positive number of seconds, or a duration such as 90s or 5m."""
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    number, factor = text, 1.0
+    for unit in ("ms", "s", "m", "h"):
+        if text.endswith(unit):
+            number, factor = text[: -len(unit)], units[unit]
+            break
+    try:
+        value = float(number) * factor
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90, 90s, 5m)") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0: {text!r}")
+    return value
+
+
 class UsageError(InvalidatordError):
     """A command-line mistake (exit 2)."""
 
@@ -156,7 +180,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return daemon.run(cfg, dry_run=args.dry_run, reload=lambda: load_config(path))
     if command == "invalidate":
-        return _invalidate(cfg, args.distribution, args.urls, raw=args.raw, wait=args.wait)
+        return _invalidate(
+            cfg, args.distribution, args.urls, raw=args.raw, wait=args.wait, timeout=args.timeout
+        )
     if command == "status":
         return _status(cfg)
     if command == "discard":
@@ -321,9 +347,16 @@ def _map(cfg: Config, source: str | None, paths: Sequence[str]) -> int:
 
 
 def _invalidate(
-    cfg: Config, distribution: str | None, urls: Sequence[str], *, raw: bool, wait: bool
+    cfg: Config,
+    distribution: str | None,
+    urls: Sequence[str],
+    *,
+    raw: bool,
+    wait: bool,
+    timeout: float | None = None,
 ) -> int:
     from invalidatord.factory import StateLock, cloudfront_for, open_journal, submitter_for
+    from invalidatord.health import WatchedCloudFront
     from invalidatord.metrics import Metrics
 
     names = list(cfg.distributions)
@@ -331,15 +364,19 @@ def _invalidate(
         raise UsageError(f"unknown distribution {distribution!r} (known: {', '.join(names)})")
     targets = [distribution] if distribution else names
     paths: list[str] = []
+    # Checked as CloudFront would, all before anything is queued: a path it refuses would only
+    # come back as a rejected batch, minutes later, from the daemon.
     for url in urls:
-        if not url.startswith("/"):
-            raise UsageError(f"{url!r}: a URL path starts with '/' (e.g. /index.html or /img/*)")
-        if raw:
-            paths.append(url)
-        else:
+        path = url
+        if url.startswith("/") and not raw:
             star = url.endswith("*")
-            body = encode_path(normalise(url[:-1] if star else url))
-            paths.append(body + ("*" if star else ""))
+            path = encode_path(normalise(url[:-1] if star else url)) + ("*" if star else "")
+        problem = path_problem(path)
+        if problem is not None:
+            shown = url if len(url) <= 60 else url[:57] + "..."
+            raise UsageError(f"{shown!r}: {problem}")
+        paths.append(path)
+    started = time.monotonic()
     journal = open_journal(cfg)
     queued = time.time()
     journal.accept(Accepted(d, p, queued, "manual") for d in targets for p in paths)
@@ -349,15 +386,20 @@ def _invalidate(
     submitter = None
     try:
         if own:
-            submitter = submitter_for(cfg, journal, cloudfront_for(cfg), Metrics(), targets)
+            metrics = Metrics()
+            # Watched, so a failure says whether CloudFront refused or could not be reached.
+            cloudfront = WatchedCloudFront(
+                cloudfront_for(cfg), {t: cfg.distributions[t].id for t in targets}, metrics
+            )
+            submitter = submitter_for(cfg, journal, cloudfront, metrics, targets)
             submitter.reconcile()
-            timeout = max(60.0, cfg.shutdown_timeout)
-            if not submitter.drain(time.monotonic() + timeout):
+            limit = timeout if timeout is not None else max(60.0, cfg.shutdown_timeout)
+            if not submitter.drain(started + limit):
                 # Nothing is lost (the paths stay in the journal), but nothing was sent either:
                 # say why, and that the daemon will send them when it runs.
-                problems = submitter.problems()
+                problems = {**cloudfront.problems(), **submitter.problems()}
                 why = "; ".join(f"{t}: {problems[t]}" for t in targets if t in problems) or (
-                    f"CloudFront did not accept them within {timeout:g}s"
+                    f"CloudFront did not accept them within {limit:g}s"
                 )
                 print(
                     f"invalidatord: not submitted: {why}; the paths stay queued in "
@@ -369,9 +411,8 @@ def _invalidate(
             print("a running daemon will submit them")
         wanted = set(paths)
         if wait:
-            return _wait(
-                journal, targets, wanted, queued, submitter, cfg.invalidation.poll_interval
-            )
+            deadline = None if timeout is None else started + timeout
+            return _wait(cfg, journal, targets, wanted, queued, submitter, started, deadline)
         records = _batches_of(journal, targets, wanted, queued)
         for record in records:
             print(f"{record.distribution} {record.invalidation_id or '-'} {record.state}")
@@ -408,16 +449,19 @@ def _report_rejected(records: Sequence[BatchRecord]) -> int:
 
 
 def _wait(
+    cfg: Config,
     journal: Journal,
     targets: Sequence[str],
     paths: set[str],
     since: float,
     submitter: Submitter | None,
-    poll_interval: float,
+    started: float,
+    deadline: float | None,
 ) -> int:
-    """Show progress until every batch made from `paths` is Completed (or refused: CloudFront
-    never completes a rejected path, so that ends the wait too, with exit 1)."""
-    interval = max(1.0, min(poll_interval, 10.0))
+    """Show progress (with the time since the command started) until every batch made from
+    `paths` is Completed or refused (CloudFront never completes a refused path, so that ends
+    the wait too, with exit 1), or until `deadline` (monotonic), when it says why it gave up."""
+    interval = max(1.0, min(cfg.invalidation.poll_interval, 10.0))
     last = ""
     while True:
         records = _batches_of(journal, targets, paths, since)
@@ -431,17 +475,84 @@ def _wait(
         if states.count(REJECTED):
             line += f", refused {states.count(REJECTED)}"
         if line != last:
-            print(line, flush=True)
+            print(f"[{_elapsed(time.monotonic() - started)}] {line}", flush=True)
             last = line
         if records and not waiting and all(s in (COMPLETED, REJECTED) for s in states):
             for r in records:
                 if r.state == COMPLETED:
-                    print(f"{r.distribution} {r.invalidation_id} Completed")
+                    took = f" after {_elapsed(r.completed - since)}" if r.completed else ""
+                    print(f"{r.distribution} {r.invalidation_id} Completed{took}")
             return _report_rejected(records)
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            why = _why_not_done(cfg, targets, records, waiting, submitter)
+            print(
+                f"invalidatord: gave up after {_elapsed(now - started)} (--timeout): {why}; "
+                "nothing is lost: the paths stay in the journal and are submitted",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
         if submitter is not None:
             submitter.cycle()
             submitter.poll_status()
-        time.sleep(interval)
+        pause = interval if deadline is None else max(0.0, min(interval, deadline - now))
+        time.sleep(pause)
+
+
+def _elapsed(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def _why_not_done(
+    cfg: Config,
+    targets: Sequence[str],
+    records: Sequence[BatchRecord],
+    waiting: int,
+    submitter: Submitter | None,
+) -> str:
+    """One line: what the wait was still waiting for, and the cause when one is known (our
+    own submitter's problems, the batches' last errors, or a running daemon's /healthz)."""
+    causes: list[str] = []
+    if submitter is not None:
+        problems = submitter.problems()
+        causes += [f"{t}: {problems[t]}" for t in targets if t in problems]
+    else:
+        causes += _daemon_reasons(cfg)
+    causes += sorted({f"{r.distribution}: {r.last_error}" for r in records if r.last_error})
+    in_progress = sum(1 for r in records if r.state == SUBMITTED)
+    if waiting:
+        what = f"{waiting} path(s) not submitted yet"
+    elif in_progress:
+        what = f"{in_progress} invalidation(s) still InProgress at CloudFront"
+    else:
+        what = "no invalidation made yet"
+    return what + (f" ({'; '.join(causes[:3])})" if causes else "")
+
+
+def _daemon_reasons(cfg: Config) -> list[str]:
+    """The reasons a running daemon's /healthz gives, when its address is known; [] else."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    address = cfg.metrics.address
+    if address is None or address[1] == 0:
+        return []
+    host = address[0]
+    if host in ("0.0.0.0", "::", ""):  # a wildcard bind is reached on loopback
+        host = "127.0.0.1"
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{address[1]}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        body = json.loads(err.read() or b"{}")
+    except (OSError, ValueError) as exc:
+        return [f"the daemon's {url} did not answer: {exc}"]
+    return [str(r) for r in body.get("reasons", [])]
 
 
 def _age(seconds: float) -> str:

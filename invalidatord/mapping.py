@@ -77,6 +77,23 @@ def encode_path(raw: str) -> str:
     return _UNSAFE.sub(_percent, raw)
 
 
+def path_problem(path: str) -> str | None:
+    """Why CloudFront would refuse `path` (an encoded URL path) in an invalidation batch for
+    its shape (empty, no leading `/`, a `*` not last, too long), or None: what `invalidatord
+    invalidate` checks before queueing anything. The encoding is not checked: `encode_path`
+    makes it right, and `--raw` means the caller vouches for it (CloudFront's refusal of a
+    badly encoded path is reported by the submitter, path by path)."""
+    if not path:
+        return "an empty path"
+    if not path.startswith("/"):
+        return "a URL path starts with '/' (e.g. /index.html or /img/*)"
+    if "*" in path[:-1]:
+        return "'*' is allowed only as the last character (e.g. /img/*)"
+    if len(path) > MAX_PATH_LENGTH:
+        return f"{len(path)} characters once encoded; CloudFront takes at most {MAX_PATH_LENGTH}"
+    return None
+
+
 def _encode_value(value: str) -> str:
     """Encoding of a template variable taken from a file name: also `?` -> %3F."""
     return _UNSAFE_IN_NAME.sub(_percent, value)

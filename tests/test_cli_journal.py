@@ -101,7 +101,7 @@ def test_invalidate_wait_with_a_daemon_running_shows_progress_until_completed(
         assert "in progress 1, completed 0" in result.stdout, lines
         assert lines[-2].endswith("completed 1"), lines
         [made] = cloudfront.invalidations(cloudfront.distribution_id)
-        assert lines[-1] == f"www {made.id} Completed"
+        assert re.fullmatch(rf"www {made.id} Completed after \d+s", lines[-1]), lines
         assert made.completed
 
 
@@ -142,10 +142,12 @@ def test_invalidate_wait_without_a_daemon_polls_until_completed(
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "queued 1 path(s) on www"
-    assert "pending 0, planned 0, in progress 1, completed 0" in lines
-    assert lines[-2] == "pending 0, planned 0, in progress 0, completed 1"
+    progress = [re.sub(r"^\[\d+s\] ", "", line) for line in lines[1:-1]]
+    assert all(line.startswith("[") for line in lines[1:-1]), lines  # elapsed time first
+    assert "pending 0, planned 0, in progress 1, completed 0" in progress
+    assert progress[-1] == "pending 0, planned 0, in progress 0, completed 1"
     [made] = cloudfront.invalidations(cloudfront.distribution_id)
-    assert lines[-1] == f"www {made.id} Completed"
+    assert re.fullmatch(rf"www {made.id} Completed after \d+s", lines[-1]), lines
 
 
 def test_access_denied_without_a_daemon_fails_fast_and_keeps_the_paths(
@@ -231,13 +233,28 @@ def test_status_of_a_fresh_journal(config: Path) -> None:
     [
         (["index.html"], "'index.html': a URL path starts with '/'"),
         (["-d", "nope", "/a.html"], "unknown distribution 'nope' (known: www)"),
+        ([""], "'': an empty path"),
+        (["/ok.html", "/a*b.html"], "'/a*b.html': '*' is allowed only as the last character"),
+        (["/*/x"], "'/*/x': '*' is allowed only as the last character"),
+        (["/" + "a" * 4000], "'/aaaa"),
+        (["/" + "é" * 1500], "'/ééé"),
     ],
-    ids=["no-leading-slash", "unknown-distribution"],
+    ids=[
+        "no-leading-slash",
+        "unknown-distribution",
+        "empty",
+        "star-inside",
+        "star-in-a-directory",
+        "too-long",
+        "too-long-once-encoded",
+    ],
 )
 def test_bad_input_exits_2_with_one_line_and_queues_nothing(
     config: Path, cloudfront: CloudFrontEmulator, args: list[str], message: str
 ) -> None:
-    """A URL without a leading `/` or an unknown `-d`: exit 2, one line, nothing queued."""
+    """A path CloudFront would refuse (no leading `/`, empty, `*` not last, over 4,000
+    characters once encoded) or an unknown `-d`: exit 2, one line,
+    nothing queued, nothing sent."""
     result = cli("invalidate", "-c", str(config), *args)
     assert result.returncode == 2
     [line] = result.stderr.splitlines()
@@ -246,3 +263,46 @@ def test_bad_input_exits_2_with_one_line_and_queues_nothing(
     status = cli("status", "-c", str(config))
     assert status_table(status.stdout)["www"][2] == "0"
     assert cloudfront.requests == []
+
+
+# ---- --wait --timeout ----------------------------------------------------------------------
+
+
+def test_wait_timeout_gives_up_saying_the_invalidation_is_still_in_progress(
+    config: Path, cloudfront: CloudFrontEmulator
+) -> None:
+    """An invalidation CloudFront keeps InProgress: `--wait --timeout 2` ends with exit 1 after
+    about that long and says what it was still waiting for; the path is not lost."""
+    cloudfront.hold(True)
+    result = cli("invalidate", "-c", str(config), "--wait", "--timeout", "2", "/h.html")
+    assert result.returncode == 1, result.stdout + result.stderr
+    [line] = [e for e in result.stderr.splitlines() if e.startswith("invalidatord:")]
+    assert re.fullmatch(
+        r"invalidatord: gave up after [23]s \(--timeout\): 1 invalidation\(s\) still InProgress "
+        r"at CloudFront; nothing is lost: .*",
+        line,
+    ), line
+    assert received(cloudfront) == {"/h.html"}
+
+
+def test_wait_timeout_names_an_unreachable_endpoint(
+    tmp_path: Path, cloudfront: CloudFrontEmulator
+) -> None:
+    """With the CloudFront endpoint gone and no daemon, `--wait --timeout 3` ends with exit 1
+    in one line saying the endpoint could not be reached, and the path stays queued."""
+    config = make_config(tmp_path, cloudfront)
+    cloudfront.stop()
+    result = cli("invalidate", "-c", str(config), "--wait", "--timeout", "3", "/u.html")
+    assert result.returncode == 1, result.stdout + result.stderr
+    [line] = [e for e in result.stderr.splitlines() if e.startswith("invalidatord:")]
+    assert line.startswith("invalidatord: not submitted: www: CloudFront unreachable"), line
+    assert "stay queued" in line
+    status = cli("status", "-c", str(config))
+    assert status_table(status.stdout)["www"][2] == "1"
+
+
+def test_wait_timeout_is_checked_as_a_duration() -> None:
+    """`--timeout` takes seconds or a duration; anything else is a usage error (exit 2)."""
+    result = cli("invalidate", "--wait", "--timeout", "soon", "/a.html")
+    assert result.returncode == 2
+    assert "--timeout: not a duration: 'soon'" in result.stderr
