@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import posixpath
@@ -87,7 +89,8 @@ def _parser() -> argparse.ArgumentParser:
         "--raw", action="store_true", help="send the URL paths exactly as given (already encoded)"
     )
     inv.add_argument("urls", nargs="+", metavar="URL")
-    with_config(sub.add_parser("status", help="pending, in-flight and recent invalidations"))
+    st = with_config(sub.add_parser("status", help="pending, in-flight and recent invalidations"))
+    st.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     discard = with_config(
         sub.add_parser(
             "discard",
@@ -111,6 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
+    except BrokenPipeError:
+        # `invalidatord status | head`: the reader stopped reading, which is its choice, not a
+        # failure. Point stdout at /dev/null so the interpreter's final flush is silent.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     except ConfigError as exc:
         for line in exc.problems:
             print(line, file=sys.stderr)
@@ -184,7 +193,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             cfg, args.distribution, args.urls, raw=args.raw, wait=args.wait, timeout=args.timeout
         )
     if command == "status":
-        return _status(cfg)
+        return _status(cfg, as_json=args.json)
     if command == "discard":
         return _discard(cfg, args.distribution_id)
     raise UsageError(f"unknown command {command!r}")
@@ -564,60 +573,176 @@ def _age(seconds: float) -> str:
     return f"{seconds // 3600}h"
 
 
-def _status(cfg: Config) -> int:
-    from invalidatord.factory import StateLock, open_journal
+def _daemon_running(state_dir: Path) -> bool:
+    """Whether a daemon holds state_dir's lock, creating nothing: no lock file means none
+    ever ran there."""
+    from invalidatord.factory import LOCK_NAME
 
+    try:
+        fd = os.open(state_dir / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock we took
+    return False
+
+
+def _last_written(journal_file: Path) -> float:
+    """When the journal (or its WAL) was last written: what a stopped daemon's figures are
+    as of."""
+    times = []
+    for suffix in ("", "-wal"):
+        with contextlib.suppress(OSError):
+            times.append(os.stat(f"{journal_file}{suffix}").st_mtime)
+    return max(times, default=0.0)
+
+
+def _utc(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
+
+
+def _status(cfg: Config, *, as_json: bool = False) -> int:
+    from invalidatord.factory import journal_path, open_journal
+
+    state_dir = Path(cfg.state_dir)
+    journal_file = journal_path(cfg)
+    running = _daemon_running(state_dir)
+    now = time.time()
+    if not journal_file.exists():
+        # Opening it would create it (and state_dir): a status must not change anything.
+        if as_json:
+            _print_json(
+                {"daemon": {"running": running, "state_dir": str(state_dir)}, "journal": None}
+            )
+        else:
+            print(
+                f"daemon: {'running' if running else 'not running'} (state_dir {state_dir})\n"
+                f"no journal at {journal_file}: no daemon has run with this state_dir yet "
+                "(nothing pending, nothing submitted)"
+            )
+        return EXIT_OK
+    as_of = None if running else _last_written(journal_file)
     journal = open_journal(cfg)
     try:
-        now = time.time()
-        lock = StateLock(Path(cfg.state_dir))
-        running = not lock.acquire()
-        if not running:
-            lock.release()
-        print(f"daemon: {'running' if running else 'not running'} (state_dir {cfg.state_dir})")
-        # Paths in a planned batch are not sent yet either (CloudFront refused or could not be
-        # reached): to the reader they are as pending as the queued ones.
-        summary = journal.unsent_summary()
-        print("\ndistribution   id                 pending  oldest  in flight (files/wildcards)")
-        for name, dist in cfg.distributions.items():
-            count, oldest = summary.get(name, (0, now))
-            flight = journal.in_flight(name)
-            print(
-                f"{name:<14} {dist.id:<18} {count:>7}  {_age(now - oldest) if count else '-':>6}"
-                f"  {flight.files}/{flight.wildcards}"
-            )
-        for orphan, count in sorted(journal.orphans().items()):
-            print(
-                f"{'(not in config)':<14} {orphan:<18} {count:>7}  kept: add the id back under "
-                f"any name to send them, or `invalidatord discard --distribution-id {orphan}`"
-            )
-        set_aside = journal.set_aside_summary()
-        if set_aside:
-            # never sent: CloudFront answered InvalidArgument (the log's path_rejected names each)
-            counts = ", ".join(f"{n}: {c} path(s)" for n, c in sorted(set_aside.items()))
-            print(f"\nset aside (CloudFront refused them; see path_rejected in the log): {counts}")
-        recent = journal.recent(20)
-        print("\nrecent invalidations")
-        if not recent:
-            print("  (none yet)")
-        for r in recent:
-            age = _age(now - (r.submitted or r.created))
-            took = f" in {_age(r.completed - r.submitted)}" if r.completed and r.submitted else ""
-            error = f"  {r.last_error}" if r.last_error and r.state != COMPLETED else ""
-            print(
-                f"  {r.distribution:<12} {r.invalidation_id or '-':<16} {r.state:<10}"
-                f"{len(r.paths):>6} paths  {age:>5} ago{took}{error}"
-            )
-        billed = journal.billed_this_month(now)
-        cost = max(0, billed - FREE_PATHS_PER_MONTH) * PRICE_PER_PATH
-        print(
-            f"\nbilled this month: {billed} paths "
-            f"({min(billed, FREE_PATHS_PER_MONTH)} of {FREE_PATHS_PER_MONTH} free), "
-            f"estimated cost ${cost:.2f} (this daemon only; the free tier is per AWS account)"
-        )
+        report = _status_report(cfg, journal, now)
     finally:
         journal.close()
+    report["daemon"] = {"running": running, "state_dir": str(state_dir)}
+    report["journal"] = str(journal_file)
+    report["as_of"] = as_of if as_of is not None else now
+    if as_json:
+        _print_json(report)
+    else:
+        _print_status(report, now, stale=as_of is not None)
     return EXIT_OK
+
+
+def _print_json(value: object) -> None:
+    import json
+
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _status_report(cfg: Config, journal: Journal, now: float) -> dict[str, Any]:
+    """What `status` shows, as plain values (the --json output)."""
+    # Paths in a planned batch are not sent yet either (CloudFront refused or could not be
+    # reached): to the reader they are as pending as the queued ones.
+    summary = journal.unsent_summary()
+    set_aside = journal.set_aside_summary()
+    distributions: dict[str, Any] = {}
+    for name, dist in cfg.distributions.items():
+        count, oldest = summary.get(name, (0, now))
+        flight = journal.in_flight(name)
+        distributions[name] = {
+            "id": dist.id,
+            "pending": count,
+            "oldest_pending_age_seconds": round(now - oldest, 3) if count else None,
+            "in_flight": {"files": flight.files, "wildcards": flight.wildcards},
+            "set_aside": set_aside.get(name, 0),
+        }
+    orphans = dict(sorted(journal.orphans().items()))
+    recent = [
+        {
+            "distribution": r.distribution,
+            "invalidation_id": r.invalidation_id,
+            "state": r.state,
+            "paths": len(r.paths),
+            "created": r.created,
+            "submitted": r.submitted,
+            "completed": r.completed,
+            "last_error": r.last_error,
+        }
+        for r in journal.recent(20)
+    ]
+    billed = journal.billed_this_month(now)
+    return {
+        "distributions": distributions,
+        # unsent paths of distribution ids the config no longer names (kept, not sent)
+        "not_in_config": orphans,
+        "recent": recent,
+        "billed_this_month": billed,
+        "free_paths_per_month": FREE_PATHS_PER_MONTH,
+        "estimated_cost_usd": round(max(0, billed - FREE_PATHS_PER_MONTH) * PRICE_PER_PATH, 2),
+    }
+
+
+def _print_status(report: dict[str, Any], now: float, *, stale: bool) -> None:
+    daemon = report["daemon"]
+    print(
+        f"daemon: {'running' if daemon['running'] else 'not running'} "
+        f"(state_dir {daemon['state_dir']})"
+    )
+    if stale:
+        # Nobody polls CloudFront while no daemon runs: "in flight" is what it last knew.
+        print(
+            f"figures as of {_utc(report['as_of'])} (the journal's last write); in-flight "
+            "invalidations may have completed since"
+        )
+    print("\ndistribution   id                 pending  oldest  in flight (files/wildcards)")
+    for name, d in report["distributions"].items():
+        age = d["oldest_pending_age_seconds"]
+        oldest = _age(age) if age is not None else "-"
+        flight = d["in_flight"]
+        print(
+            f"{name:<14} {d['id']:<18} {d['pending']:>7}  {oldest:>6}"
+            f"  {flight['files']}/{flight['wildcards']}"
+        )
+    for orphan, count in report["not_in_config"].items():
+        print(
+            f"{'(not in config)':<14} {orphan:<18} {count:>7}  kept: add the id back under "
+            f"any name to send them, or `invalidatord discard --distribution-id {orphan}`"
+        )
+    set_aside = {n: d["set_aside"] for n, d in report["distributions"].items() if d["set_aside"]}
+    if set_aside:
+        # never sent: CloudFront answered InvalidArgument (the log's path_rejected names each)
+        counts = ", ".join(f"{n}: {c} path(s)" for n, c in sorted(set_aside.items()))
+        print(f"\nset aside (CloudFront refused them; see path_rejected in the log): {counts}")
+    print("\nrecent invalidations")
+    if not report["recent"]:
+        print("  (none yet)")
+    for r in report["recent"]:
+        age = _age(now - (r["submitted"] or r["created"]))
+        took = (
+            f" in {_age(r['completed'] - r['submitted'])}"
+            if r["completed"] and r["submitted"]
+            else ""
+        )
+        error = f"  {r['last_error']}" if r["last_error"] and r["state"] != COMPLETED else ""
+        print(
+            f"  {r['distribution']:<12} {r['invalidation_id'] or '-':<16} {r['state']:<10}"
+            f"{r['paths']:>6} paths  {age:>5} ago{took}{error}"
+        )
+    billed = report["billed_this_month"]
+    print(
+        f"\nbilled this month: {billed} paths "
+        f"({min(billed, FREE_PATHS_PER_MONTH)} of {FREE_PATHS_PER_MONTH} free), "
+        f"estimated cost ${report['estimated_cost_usd']:.2f} "
+        "(this daemon only; the free tier is per AWS account)"
+    )
 
 
 def _discard(cfg: Config, distribution_id: str) -> int:

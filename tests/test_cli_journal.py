@@ -4,6 +4,8 @@ submits by itself), over HTTP to the CloudFront emulator."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from invalidatord.journal import Journal
 from invalidatord.testing.cloudfront import CREATE, CloudFrontEmulator
 from tests.conftest import EmulatorFactory
 from tests.harness import DaemonProcess, aws_test_env, emulator_config, received, running_daemon
@@ -216,8 +219,9 @@ def test_a_refused_path_ends_the_wait_with_exit_1(
     assert received(cloudfront) == {"/ok.html"}
 
 
-def test_status_of_a_fresh_journal(config: Path) -> None:
+def test_status_of_a_fresh_journal(config: Path, tmp_path: Path) -> None:
     """Nothing submitted yet: status still prints every section."""
+    Journal(tmp_path / "state" / "journal.sqlite").close()
     status = cli("status", "-c", str(config))
     assert status.returncode == 0, status.stderr
     assert status_table(status.stdout)["www"][2:] == ["0", "-", "0/0"]
@@ -261,7 +265,7 @@ def test_bad_input_exits_2_with_one_line_and_queues_nothing(
     assert line.startswith(f"invalidatord: {message}"), line
     assert result.stdout == ""
     status = cli("status", "-c", str(config))
-    assert status_table(status.stdout)["www"][2] == "0"
+    assert "no journal at" in status.stdout  # nothing queued: not even a journal made
     assert cloudfront.requests == []
 
 
@@ -306,3 +310,76 @@ def test_wait_timeout_is_checked_as_a_duration() -> None:
     result = cli("invalidate", "--wait", "--timeout", "soon", "/a.html")
     assert result.returncode == 2
     assert "--timeout: not a duration: 'soon'" in result.stderr
+
+
+# ---- status for scripts --------------------------------------------------------------------
+
+
+def test_status_json_of_a_stopped_daemon_marks_its_figures_as_of_the_last_write(
+    config: Path, cloudfront: CloudFrontEmulator
+) -> None:
+    """`status --json` is one JSON object with the table's figures; with no daemon running it
+    carries the journal's last write as `as_of`, and the text output says "figures as of"."""
+    cloudfront.hold(True)
+    assert cli("invalidate", "-c", str(config), "/a.html", "/img/*").returncode == 0
+    result = cli("status", "-c", str(config), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    journal = config.parent / "state" / "journal.sqlite"
+    assert report["daemon"] == {"running": False, "state_dir": str(config.parent / "state")}
+    assert report["as_of"] == max(
+        os.stat(f"{journal}{s}").st_mtime for s in ("", "-wal") if os.path.exists(f"{journal}{s}")
+    )
+    www = report["distributions"]["www"]
+    assert (www["id"], www["pending"], www["in_flight"]) == (
+        cloudfront.distribution_id,
+        0,
+        {"files": 1, "wildcards": 1},
+    )
+    [made] = report["recent"]
+    assert (made["state"], made["paths"]) == ("submitted", 2)
+    assert report["billed_this_month"] == 2
+    text = cli("status", "-c", str(config)).stdout.splitlines()
+    assert text[1].startswith("figures as of "), text
+
+
+def test_status_json_of_a_running_daemon_is_current(running: DaemonProcess, config: Path) -> None:
+    """With a daemon running, `status --json` says so and its figures are of now."""
+    result = cli("status", "-c", str(config), "--json")
+    report = json.loads(result.stdout)
+    assert report["daemon"]["running"] is True
+    assert "figures as of" not in cli("status", "-c", str(config)).stdout
+
+
+def test_status_creates_no_state_dir_and_says_there_is_no_journal(
+    config: Path, tmp_path: Path
+) -> None:
+    """`status` on a state_dir that does not exist creates nothing and says there is no
+    journal yet (exit 0); --json says `journal: null`."""
+    result = cli("status", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert f"no journal at {tmp_path / 'state' / 'journal.sqlite'}" in result.stdout
+    assert json.loads(cli("status", "-c", str(config), "--json").stdout)["journal"] is None
+    assert not (tmp_path / "state").exists()
+
+
+def test_status_into_a_closed_pipe_prints_no_traceback(
+    config: Path, cloudfront: CloudFrontEmulator
+) -> None:
+    """`status | head` where the reader has gone: no BrokenPipeError traceback, exit 0."""
+    assert cli("invalidate", "-c", str(config), "/a.html").returncode == 0
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write: EPIPE for certain
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "invalidatord", "status", "-c", str(config)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=aws_test_env(),
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (0, "")
