@@ -100,6 +100,20 @@ def _parser() -> argparse.ArgumentParser:
     discard.add_argument(
         "--distribution-id", required=True, metavar="ID", help="the CloudFront id (E2...)"
     )
+    emu = sub.add_parser(
+        "emulator",
+        help="serve the CloudFront test double (and S3, SQS) on 127.0.0.1 to try a config",
+    )
+    emu.add_argument(
+        "--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000; 0: a free one)"
+    )
+    emu.add_argument(
+        "--in-progress",
+        type=_seconds,
+        default=5.0,
+        metavar="DURATION",
+        help="how long each invalidation stays InProgress (default 5s)",
+    )
     demo = sub.add_parser(
         "demo", help="run the daemon on an embedded CloudFront emulator and an example site"
     )
@@ -165,6 +179,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from invalidatord.demo import run_demo
 
         return run_demo(directory=args.dir, touch=not args.no_touch)
+    if command == "emulator":
+        from invalidatord.emulate import run_emulator
+
+        return run_emulator(args.port, args.in_progress)
     path = _config_path(args)
     cfg = load_config(path)
     if command == "check":

@@ -157,3 +157,73 @@ def test_map_refuses_a_path_outside_the_root_with_exit_2(
     assert result.stdout == ""
     assert result.stderr.startswith(f"invalidatord: {says}")
     assert result.stderr.count("\n") == 1
+
+
+# ---- emulator ----------------------------------------------------------------------------------
+
+
+def test_emulator_command_serves_cloudfront_sqs_and_s3_until_sigterm(tmp_path: Path) -> None:
+    """`invalidatord emulator --port 0` prints an endpoint, a distribution id and the dummy
+    credentials; boto3 with exactly those creates an invalidation (InProgress), an SQS queue
+    and an S3 bucket there; SIGTERM stops it with exit 0."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invalidatord", "emulator", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=aws_test_env(),
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        while not any(line.startswith("  export ") for line in lines):
+            line = proc.stdout.readline()
+            assert line, f"emulator exited early: {proc.stderr.read() if proc.stderr else ''}"
+            lines.append(line.rstrip("\n"))
+        endpoint = lines[0].rsplit(" ", 1)[1]
+        assert endpoint.startswith("http://127.0.0.1:")
+        assert f"    endpoint_url: {endpoint}" in lines
+        [dist_id] = [ln.split(": ")[1] for ln in lines if ln.startswith("      id: ")]
+        exports = dict(kv.split("=") for kv in lines[-1].split()[1:])
+        assert set(exports) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
+
+        import boto3
+
+        session = boto3.session.Session(
+            aws_access_key_id=exports["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=exports["AWS_SECRET_ACCESS_KEY"],
+            region_name=exports["AWS_DEFAULT_REGION"],
+        )
+        cloudfront = session.client("cloudfront", endpoint_url=endpoint)
+        made = cloudfront.create_invalidation(
+            DistributionId=dist_id,
+            InvalidationBatch={"Paths": {"Quantity": 1, "Items": ["/x"]}, "CallerReference": "a"},
+        )
+        assert made["Invalidation"]["Status"] == "InProgress"
+        queue = session.client("sqs", endpoint_url=endpoint).create_queue(QueueName="events")
+        assert queue["QueueUrl"].endswith("/events")
+        s3 = session.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket="assets")
+        assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["assets"]
+    finally:
+        proc.terminate()
+        code = proc.wait(30)
+    assert code == 0
+    assert proc.stderr is not None
+    assert "emulator stopped: 1 invalidation(s) created" in proc.stderr.read()
+
+
+def test_emulator_on_a_taken_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """A port already in use: one line naming it and what to do, exit 1."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli("emulator", "--port", str(port))
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"invalidatord: emulator: cannot listen on 127.0.0.1:{port}: Address already in use "
+        "(choose another with --port, or --port 0 for a free one)\n"
+    )

@@ -248,8 +248,9 @@ class CloudFrontEmulator:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def start(self) -> str:
-        """Serve on 127.0.0.1 on a free port; return the endpoint URL ("http://127.0.0.1:PORT")."""
+    def start(self, port: int = 0) -> str:
+        """Serve on 127.0.0.1 on `port` (0: a free one); return the endpoint URL
+        ("http://127.0.0.1:PORT"). Raises OSError when the port is taken."""
         if self._server is not None:
             return self.endpoint_url
         try:
@@ -268,7 +269,7 @@ class CloudFrontEmulator:
 
         self._moto_app = DomainDispatcherApplication(create_backend_app)
         self._server = make_server(
-            "127.0.0.1", 0, self._wsgi, threaded=True, request_handler=_Handler
+            "127.0.0.1", port, self._wsgi, threaded=True, request_handler=_Handler
         )
         port = self._server.server_port
         self.endpoint_url = f"http://127.0.0.1:{port}"
