@@ -18,7 +18,7 @@ import structlog
 
 from invalidatord import __version__, logs
 from invalidatord.config import Config, config_warnings, default_config_path, load_config
-from invalidatord.errors import ConfigError, InvalidatordError
+from invalidatord.errors import AccessProblem, ConfigError, InvalidatordError
 from invalidatord.journal import (
     COMPLETED,
     PLANNED,
@@ -205,7 +205,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         registry.prespawn(cfg.sources)
         from invalidatord import daemon
 
-        return daemon.run(cfg, dry_run=args.dry_run, reload=lambda: load_config(path))
+        try:
+            return daemon.run(cfg, dry_run=args.dry_run, reload=lambda: load_config(path))
+        except AccessProblem as exc:
+            from invalidatord.cloudfront import NO_CREDENTIALS, no_credentials_help
+
+            if exc.code != NO_CREDENTIALS:
+                raise
+            # The one mistake boto3's own message does not help with: say where it looked.
+            raise InvalidatordError(no_credentials_help(cfg.aws.profile, cfg.aws.role_arn)) from exc
     if command == "invalidate":
         return _invalidate(
             cfg, args.distribution, args.urls, raw=args.raw, wait=args.wait, timeout=args.timeout

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import functools
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ import boto3
 import boto3.session
 import botocore.credentials
 import botocore.exceptions
+import botocore.session
 import structlog
 from botocore.config import Config
 
@@ -106,6 +108,28 @@ def normalise_status(status: str) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+#: The codes `translate` gives when no credentials were found at all.
+NO_CREDENTIALS = "NoCredentialsError"
+
+
+def no_credentials_help(profile: str | None, role_arn: str | None) -> str:
+    """One line for `run` when boto3 found no credentials: the ways it tried (with the files
+    it actually looked at) and what to do, under systemd in particular (DynamicUser= and
+    ProtectHome= hide ~/.aws, so a profile there cannot work)."""
+    session = botocore.session.Session(profile=profile)
+    credentials_file = os.path.expanduser(str(session.get_config_variable("credentials_file")))
+    config_file = os.path.expanduser(str(session.get_config_variable("config_file")))
+    profile_part = f" (profile {profile!r})" if profile else ""
+    role_part = f" (the base credentials for aws.role_arn {role_arn})" if role_arn else ""
+    return (
+        f"no AWS credentials found{role_part}: tried AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+        f"AWS_WEB_IDENTITY_TOKEN_FILE, {credentials_file} and {config_file}{profile_part}, "
+        "the container role (AWS_CONTAINER_CREDENTIALS_*) and the EC2 instance role; "
+        "give the host an instance role, or (under systemd) a drop-in with EnvironmentFile= "
+        "or LoadCredential= plus AWS_SHARED_CREDENTIALS_FILE=%d/... (README: Credentials)"
+    )
 
 
 def translate(err: Exception, distribution: str) -> SinkError:

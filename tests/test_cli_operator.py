@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.harness import aws_test_env
+from invalidatord.testing.cloudfront import CloudFrontEmulator
+from tests.harness import aws_test_env, emulator_config, running_daemon
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -227,3 +228,62 @@ def test_emulator_on_a_taken_port_is_one_line_and_exit_1(tmp_path: Path) -> None
         f"invalidatord: emulator: cannot listen on 127.0.0.1:{port}: Address already in use "
         "(choose another with --port, or --port 0 for a free one)\n"
     )
+
+
+# ---- credentials -------------------------------------------------------------------------------
+
+
+def no_credentials_env() -> dict[str, str]:
+    """An environment where boto3 finds no credentials by any way (instance metadata off: it
+    is not on loopback)."""
+    env = {
+        k: v
+        for k, v in aws_test_env().items()
+        if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    }
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    return env
+
+
+def test_run_without_credentials_says_which_ways_were_tried_and_exits_1(
+    tmp_path: Path, cloudfront: CloudFrontEmulator
+) -> None:
+    """No credentials at all (against the emulator, so nothing else can fail): `run` exits 1
+    with one line naming the ways tried, the files it read, and what to do under systemd."""
+    root = tmp_path / "www"
+    root.mkdir()
+    config = emulator_config(tmp_path, root, cloudfront)
+    result = subprocess.run(
+        [sys.executable, "-m", "invalidatord", "run", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        env=no_credentials_env(),
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    [line] = [ln for ln in result.stderr.splitlines() if ln.startswith("invalidatord:")]
+    assert line.startswith("invalidatord: no AWS credentials found: tried AWS_ACCESS_KEY_ID/")
+    for named in (os.devnull, "AWS_WEB_IDENTITY_TOKEN_FILE", "instance role", "LoadCredential="):
+        assert named in line, line
+    assert "Traceback" not in result.stderr
+    assert cloudfront.requests == []
+
+
+def test_a_credentials_file_named_by_the_environment_is_enough(
+    tmp_path: Path, cloudfront: CloudFrontEmulator
+) -> None:
+    """The systemd drop-in's way (LoadCredential= puts a credentials file in %d and
+    AWS_SHARED_CREDENTIALS_FILE names it): with nothing else, the daemon comes up."""
+    root = tmp_path / "www"
+    root.mkdir()
+    config = emulator_config(tmp_path, root, cloudfront)
+    creds_dir = tmp_path / "credentials"
+    creds_dir.mkdir(mode=0o700)
+    (creds_dir / "aws").write_text(
+        "[default]\naws_access_key_id = fromfile\naws_secret_access_key = fromfile\n"
+    )
+    env = no_credentials_env() | {"AWS_SHARED_CREDENTIALS_FILE": str(creds_dir / "aws")}
+    with running_daemon(config, env=env) as proc:
+        assert proc.health()[0] == 200
+    assert {r.op for r in cloudfront.requests} >= {"ListInvalidations"}

@@ -110,6 +110,35 @@ def test_unit_declares_what_the_daemon_relies_on() -> None:
     assert s["SystemCallFilter"][0] == "@system-service"
 
 
+def test_unit_gives_up_restarting_a_daemon_that_cannot_start() -> None:
+    """A start that fails every time (no credentials: exit 1) is retried a few times, spaced
+    out, then the unit stays failed: the burst fits inside the interval, so the limit is
+    actually reached (systemd's defaults with RestartSec=5 never reach it)."""
+    s = unit_settings()
+    restart_sec = int(s["RestartSec"][0])
+    burst = int(s["StartLimitBurst"][0])
+    interval = s["StartLimitIntervalSec"][0]
+    assert interval.endswith("min")
+    assert restart_sec >= 10
+    assert burst * restart_sec < int(interval.removesuffix("min")) * 60
+
+
+def test_credentials_drop_in_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    """systemd/credentials.conf.example, applied to the unit, verifies without a warning and
+    points boto3 at the credential systemd loads (LoadCredential= + %d)."""
+    analyze = tool("systemd-analyze")
+    drop_in = (REPO / "systemd" / "credentials.conf.example").read_text()
+    lines = [ln for ln in drop_in.splitlines() if ln and not ln.startswith(("#", "["))]
+    assert lines == [
+        "LoadCredential=aws:/etc/invalidatord/aws-credentials",
+        "Environment=AWS_SHARED_CREDENTIALS_FILE=%d/aws",
+    ]
+    unit = UNIT.read_text().replace("[Service]\n", "[Service]\n" + "\n".join(lines) + "\n", 1)
+    (tmp_path / UNIT.name).write_text(unit)
+    result = run(analyze, "verify", "--man=no", UNIT.name, cwd=tmp_path)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
 def test_unit_syscall_filter_keeps_inotify() -> None:
     """The allowed set includes every inotify call, and the deny list removes none of them."""
     analyze = tool("systemd-analyze")
