@@ -61,7 +61,16 @@ def _parser() -> argparse.ArgumentParser:
 
     run = with_config(sub.add_parser("run", help="run the daemon until SIGTERM/SIGINT"))
     run.add_argument(
-        "--dry-run", action="store_true", help="log what would be submitted, send nothing"
+        "--dry-run",
+        action="store_true",
+        help="log what would be submitted (would_submit), send nothing; safe beside a running "
+        "daemon: takes no lock, writes no journal (previews against a copy of it) and serves "
+        "no metrics port unless --listen is given",
+    )
+    run.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="serve /metrics, /healthz and /livez here instead of metrics.listen",
     )
     with_config(sub.add_parser("check", help="validate the config and print a summary"))
     mp = with_config(sub.add_parser("map", help="print the URL paths each path maps to"))
@@ -205,8 +214,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         registry.prespawn(cfg.sources)
         from invalidatord import daemon
 
+        def effective(loaded: Config) -> Config:
+            return _with_listen(loaded, args.listen, dry_run=args.dry_run)
+
+        cfg = effective(cfg)
         try:
-            return daemon.run(cfg, dry_run=args.dry_run, reload=lambda: load_config(path))
+            return daemon.run(
+                cfg, dry_run=args.dry_run, reload=lambda: effective(load_config(path))
+            )
         except AccessProblem as exc:
             from invalidatord.cloudfront import NO_CREDENTIALS, no_credentials_help
 
@@ -223,6 +238,22 @@ def _dispatch(args: argparse.Namespace) -> int:
     if command == "discard":
         return _discard(cfg, args.distribution_id)
     raise UsageError(f"unknown command {command!r}")
+
+
+def _with_listen(cfg: Config, listen: str | None, *, dry_run: bool) -> Config:
+    """`cfg` with `--listen` applied. A dry run serves nothing unless asked: the configured
+    port is usually the running daemon's, and a preview must be able to run beside it."""
+    if listen is None and not dry_run:
+        return cfg
+    if listen is not None:
+        from invalidatord.config import parse_listen
+
+        try:
+            parse_listen(listen)
+        except ValueError as exc:
+            raise UsageError(f"--listen {listen}: {exc}") from exc
+    metrics = cfg.metrics.model_copy(update={"listen": listen})
+    return cfg.model_copy(update={"metrics": metrics})
 
 
 def _check(cfg: Config, path: str) -> int:

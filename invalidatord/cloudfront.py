@@ -411,8 +411,9 @@ class Boto3CloudFront:
 
 
 class DryRunCloudFront:
-    """`contracts.CloudFront` that sends nothing: it logs `dry_run_invalidation` for each batch
-    and answers as if CloudFront had completed it at once."""
+    """`contracts.CloudFront` that sends nothing: it logs `would_submit` for each batch (every
+    path) and answers as if CloudFront had completed it at once, so the in-flight limits never
+    hold a preview back. Nothing it answers is logged as Completed."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -435,9 +436,8 @@ class DryRunCloudFront:
             self.calls["CreateInvalidation"] += 1
             invalidation = self._made.setdefault(invalidation.id, invalidation)
         log.info(
-            "dry_run_invalidation",
+            "would_submit",
             distribution_id=distribution_id,
-            invalidation_id=invalidation.id,
             caller_reference=caller_reference,
             paths=list(paths),
         )

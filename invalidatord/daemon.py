@@ -185,7 +185,9 @@ class Daemon:
         self._start_http()
         for warning in config_warnings(cfg):
             log.warning("config_warning", warning=warning)
-        self.submitter = submitter_for(cfg, self.journal, self.cloudfront, self.metrics)
+        self.submitter = submitter_for(
+            cfg, self.journal, self.cloudfront, self.metrics, dry_run=self.dry_run
+        )
         if preflight:
             self.preflight()
         self._build_sources()  # their sink is self._sink; nothing is delivered before start()

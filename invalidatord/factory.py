@@ -61,11 +61,15 @@ def journal_path(cfg: Config) -> Path:
 
 
 def open_journal(cfg: Config, dry_run: bool = False) -> Journal:
-    # A dry run must not consume the real journal's pending work: it keeps its own, in memory.
-    return Journal(
-        ":memory:" if dry_run else journal_path(cfg),
-        distributions={name: d.id for name, d in cfg.distributions.items()},
-    )
+    """The journal. A dry run must not consume the real journal's pending work nor write to
+    it (a daemon may be running on it): it works on an in-memory copy, read once through a
+    read-only connection, so its catch-up is judged against the real index (what the daemon
+    would find changed) and its pending paths are the real ones."""
+    ids = {name: d.id for name, d in cfg.distributions.items()}
+    if not dry_run:
+        return Journal(journal_path(cfg), distributions=ids)
+    real = journal_path(cfg)
+    return Journal(":memory:", distributions=ids, snapshot_of=real if real.exists() else None)
 
 
 def submitter_for(
@@ -74,6 +78,8 @@ def submitter_for(
     cloudfront: CloudFront,
     metrics: Metrics,
     distributions: list[str] | None = None,
+    *,
+    dry_run: bool = False,
 ) -> Submitter:
     """The submitter for `distributions` (config names; default: every one)."""
     names = list(cfg.distributions) if distributions is None else distributions
@@ -86,6 +92,7 @@ def submitter_for(
         max_backoff=cfg.invalidation.max_backoff,
         completion_wait=cfg.invalidation.poll_interval,
         trees=trees_for(cfg, journal, names),
+        dry_run=dry_run,
     )
 
 

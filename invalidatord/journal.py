@@ -228,11 +228,15 @@ class Journal:
         *,
         clock: Callable[[], float] = time.time,
         distributions: Mapping[str, str] | None = None,
+        snapshot_of: str | os.PathLike[str] | None = None,
     ):
         """`distributions`: config name -> CloudFront id. Rows are keyed by the id, which a
         rename in the config cannot change; the journal's methods take and return names, and
         an id no configured name maps to is reported by `orphans()`. Without it (tests, tools)
-        a name is its own key."""
+        a name is its own key.
+
+        `snapshot_of` (with path ":memory:"): start from a copy of that journal, read through
+        a read-only connection and never written (a dry run's preview of the real state)."""
         self.path = str(path)
         self._clock = clock
         self._ids: dict[str, str] = dict(distributions or {})
@@ -253,6 +257,14 @@ class Journal:
             self._db = sqlite3.connect(
                 self.path, timeout=30, check_same_thread=False, isolation_level=None
             )
+            if snapshot_of is not None:
+                source = sqlite3.connect(
+                    f"{Path(snapshot_of).resolve().as_uri()}?mode=ro", uri=True, timeout=30
+                )
+                try:
+                    source.backup(self._db)
+                finally:
+                    source.close()
             self._db.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed flush survives power loss too; commits are one per flush.
             self._db.execute("PRAGMA synchronous=FULL")

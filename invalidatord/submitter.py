@@ -95,7 +95,11 @@ class Submitter:
         hurry_poll: float = HURRY_POLL,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        dry_run: bool = False,
     ) -> None:
+        """`dry_run`: the CloudFront edge sends nothing (and logs `would_submit` itself), so
+        no `batch_submitted` is logged: a log reader must never see a dry run's batch as sent."""
+        self._dry_run = dry_run
         self._journal = journal
         self._cf = cloudfront
         self._limits = limits
@@ -359,6 +363,8 @@ class Submitter:
         self._metrics.paths_submitted.labels(state.name, "wildcard").inc(flight.wildcards)
         self._metrics.to_submit.labels(state.name).observe(max(0.0, now - record.first_seen))
         self._metrics.last_success.labels(state.name).set(now)
+        if self._dry_run:
+            return True
         log.info(
             "batch_submitted",
             distribution=state.name,

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from invalidatord.testing.cloudfront import CloudFrontEmulator
-from tests.harness import aws_test_env, emulator_config, running_daemon
+from tests.harness import DaemonProcess, aws_test_env, emulator_config, received, running_daemon
+from tests.waiting import wait_for
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -287,3 +288,71 @@ def test_a_credentials_file_named_by_the_environment_is_enough(
     with running_daemon(config, env=env) as proc:
         assert proc.health()[0] == 200
     assert {r.op for r in cloudfront.requests} >= {"ListInvalidations"}
+
+
+# ---- dry run -----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_dry_run_previews_catch_up_beside_a_daemon_and_leaves_the_work_to_it(
+    tmp_path: Path, cloudfront: CloudFrontEmulator
+) -> None:
+    """`run --dry-run` on a config whose daemon is stopped: its catch-up, judged against the
+    real journal's index, logs `would_submit` for exactly the file changed meanwhile, never
+    batch_submitted or Completed, and writes nothing to the journal. The real daemon, started
+    beside it on the configured metrics port, still finds and submits that file itself."""
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "a.html").write_text("a")
+    (root / "b.html").write_text("b")
+    port = free_port()
+    config = emulator_config(
+        tmp_path, root, cloudfront, extra={"metrics": {"listen": f"127.0.0.1:{port}"}}
+    )
+    with running_daemon(config):
+        pass  # the first start records the baseline
+    (root / "b.html").write_text("b, changed while stopped")
+    journal = tmp_path / "state" / "journal.sqlite"
+    before = journal.read_bytes()
+
+    dry = DaemonProcess("run", "-c", str(config), "--dry-run").start()
+    try:
+        ready = dry.wait_event("daemon_ready")
+        assert ready["dry_run"] is True
+        assert ready["health"] is None  # no port: the configured one belongs to the daemon
+        [preview] = [dry.wait_event("would_submit")]
+        assert preview["paths"] == ["/b.html"]
+        assert journal.read_bytes() == before
+        with running_daemon(config) as real:
+            real.wait_event("batch_submitted")
+            assert received(cloudfront) == {"/b.html"}
+            (root / "c.html").write_text("c")
+            dry.wait_event("would_submit", lambda e: e["paths"] == ["/c.html"])
+            wait_for(lambda: "/c.html" in received(cloudfront), 30, what="/c.html sent")
+    finally:
+        assert dry.stop() == 0
+    logged = {e["event"] for e in dry.events}
+    assert not logged & {"batch_submitted", "invalidation_completed"}
+    assert not [e for e in dry.events if "Completed" in str(e)]
+    assert received(cloudfront) == {"/b.html", "/c.html"}
+
+
+def test_dry_run_serves_metrics_only_when_asked(tmp_path: Path) -> None:
+    """`--dry-run --listen 127.0.0.1:0` serves /livez; a bad --listen is exit 2."""
+    config = config_with(tmp_path)
+    bad = cli("run", "-c", str(config), "--dry-run", "--listen", "nope")
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("invalidatord: --listen nope: ")
+    dry = DaemonProcess("run", "-c", str(config), "--dry-run", "--listen", "127.0.0.1:0").start()
+    try:
+        dry.health_url = str(dry.wait_event("daemon_ready")["health"])
+        assert dry.health("/livez")[0] == 200
+    finally:
+        assert dry.stop() == 0

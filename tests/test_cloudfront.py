@@ -449,7 +449,7 @@ def test_no_credentials_in_logs(
 
 
 def test_dry_run_sends_nothing(cloudfront: CloudFrontEmulator, structlog_defaults: None) -> None:
-    """DryRunCloudFront logs dry_run_invalidation with the paths, answers Completed, and no
+    """DryRunCloudFront logs would_submit with the paths, answers Completed, and no
     request reaches CloudFront."""
     dry = DryRunCloudFront()
     with capture_logs() as events:
@@ -460,7 +460,7 @@ def test_dry_run_sends_nothing(cloudfront: CloudFrontEmulator, structlog_default
     assert dry.list_in_progress(cloudfront.distribution_id) == []
     dry.check_distribution(cloudfront.distribution_id)
     [event] = events
-    assert event["event"] == "dry_run_invalidation"
+    assert event["event"] == "would_submit"
     assert event["paths"] == ["/a", "/b*"]
     assert event["distribution_id"] == cloudfront.distribution_id
     assert cloudfront.requests == []
