@@ -2,7 +2,7 @@
 
 Imports only the standard library, pathspec and `invalidatord.model`: no I/O, no boto3.
 
-Encoding (CLOUDFRONT.md): CloudFront compares invalidation paths with the encoded form of the
+Encoding (docs/cloudfront.md): CloudFront compares invalidation paths with the encoded form of the
 requested URL, so a path must be encoded exactly as browsers and CloudFront encode it, no more
 and no less. `encode_path` percent-encodes, as upper-case hex of the UTF-8 bytes:
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-#: CloudFront's per-distribution limits on paths in progress (CLOUDFRONT.md).
+#: CloudFront's per-distribution limits on paths in progress (docs/cloudfront.md).
 MAX_FILE_PATHS_IN_FLIGHT = 3000
 MAX_WILDCARD_PATHS_IN_FLIGHT = 15
 #: CloudFront rejects longer invalidation paths.

@@ -2,7 +2,7 @@
 
 Pure and deterministic: the same arguments always give the same plan.
 
-The rules (CLOUDFRONT.md):
+The rules (docs/cloudfront.md):
 
 - CloudFront counts file paths and wildcard paths (ending in `*`) in progress separately, per
   distribution; `Limits.capacity` is what may still be submitted after what is in flight and the

@@ -151,7 +151,7 @@ def test_example_rules_map_as_documented() -> None:
 
 
 def test_minimal_config_takes_the_documented_defaults() -> None:
-    """Everything the minimal config leaves out takes the default DESIGN.md documents."""
+    """Everything the minimal config leaves out takes the default the README documents."""
     cfg = load_config(REPO / "config" / "minimal.yaml")
     source = cfg.sources[0]
     assert isinstance(source, FilesystemSourceConfig)

@@ -1,8 +1,8 @@
 """A corpus of awkward file names and the exact CloudFront path each one must become.
 
-Every expected value is written out by hand from CLOUDFRONT.md's rule (percent-encode non-ASCII,
-controls and the RFC 1738 unsafe set, nothing else; `?` from a name -> %3F; a `*` in a name cuts
-the URL into a wildcard), never computed by the code under test.
+Every expected value is written out by hand from the rule in docs/cloudfront.md (percent-encode
+non-ASCII, controls and the RFC 1738 unsafe set, nothing else; `?` from a name -> %3F; a `*` in
+a name cuts the URL into a wildcard), never computed by the code under test.
 """
 
 from __future__ import annotations

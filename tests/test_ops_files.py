@@ -345,6 +345,28 @@ def test_compose_shares_the_document_root_read_only() -> None:
     assert set(compose_file()["volumes"]) >= {"www", "state"}
 
 
+def test_compose_bind_mounts_exist_in_the_repository() -> None:
+    """Every relative bind mount of the compose file (the `publish` service's ./site) is in
+    the repository, so the README's commands work from a fresh clone."""
+    sources = [
+        volume.split(":", 1)[0]
+        for service in compose_file()["services"].values()
+        for volume in service.get("volumes", [])
+        if volume.startswith(".")
+    ]
+    assert sources == ["./site"]
+    for source in sources:
+        assert any((COMPOSE.parent / source).iterdir()), source
+
+
+@pytest.mark.parametrize("origin", ["compose", "kubernetes"])
+def test_embedded_configs_keep_the_default_ignore_list(origin: str) -> None:
+    """The examples' sources leave `ignore` to its default (which also covers vim's 4913 and
+    .swx files) instead of repeating a shorter list."""
+    config = yaml.safe_load(embedded_configs()[origin])
+    assert [s.get("ignore") for s in config["sources"]] == [None]
+
+
 def test_kubernetes_matches_the_api_schemas() -> None:
     """Every object in deploy/kubernetes.yaml validates strictly against the Kubernetes API
     schemas (the oldest supported here, 1.29, and kubernetes-validate's newest)."""

@@ -1,6 +1,6 @@
 """A faithful CloudFront invalidation API on top of moto, served over real HTTP in-process.
 
-moto 5.2.5's CloudFront is not CloudFront where invalidatord cares (CLOUDFRONT.md): every
+moto 5.2.5's CloudFront is not CloudFront where invalidatord cares (docs/cloudfront.md): every
 invalidation is instantly "COMPLETED", nothing is validated or limited, CallerReference is not
 idempotent and listing is oldest first. This module answers the three invalidation operations
 itself, the way CloudFront does, and hands every other request (CreateDistribution, S3, SQS, SNS,
@@ -90,7 +90,7 @@ _FAULT_MESSAGES = {
     "InvalidArgument": "Your request contains one or more invalid invalidation paths.",
 }
 
-# RFC 1738's unsafe characters: CloudFront wants them percent-encoded (CLOUDFRONT.md). `%` is
+# RFC 1738's unsafe characters: CloudFront wants them percent-encoded (docs/cloudfront.md). `%` is
 # checked separately: it is fine as the start of an escape (`%20`), not alone.
 _UNSAFE = frozenset(' <>"#{}|\\^~[]`')
 _ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
