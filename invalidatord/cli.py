@@ -68,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
         "no metrics port unless --listen is given",
     )
     run.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="instead of log.level (debug: every path of each batch, batch_paths)",
+    )
+    run.add_argument(
         "--listen",
         metavar="HOST:PORT",
         help="serve /metrics, /healthz and /livez here instead of metrics.listen",
@@ -200,6 +205,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _map(cfg, args.source, args.paths)
     if command == "plan":
         return _plan(cfg, args.source, args.paths, as_json=args.json)
+    if command == "run" and args.log_level:
+        cfg = cfg.model_copy(update={"log": cfg.log.model_copy(update={"level": args.log_level})})
     logs.configure(cfg.log.format, cfg.log.level)
     if command == "run":
         from invalidatord.factory import state_dir_problem
@@ -215,6 +222,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         from invalidatord import daemon
 
         def effective(loaded: Config) -> Config:
+            if args.log_level:  # a reload keeps the command line's level
+                log_cfg = loaded.log.model_copy(update={"level": args.log_level})
+                loaded = loaded.model_copy(update={"log": log_cfg})
             return _with_listen(loaded, args.listen, dry_run=args.dry_run)
 
         cfg = effective(cfg)

@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Literal
 
 from invalidatord import daemon, logs
 from invalidatord.config import load_config
@@ -83,6 +84,9 @@ def run_demo(directory: str | None = None, touch: bool = True) -> int:
     for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ROLE_ARN"):
         os.environ.pop(key, None)
 
+    log_format: Literal["console", "json"] = "console" if sys.stderr.isatty() else "json"
+    # Before the emulator logs its first line, so every line has the same format.
+    logs.configure(log_format, "info")
     emulator = CloudFrontEmulator(in_progress_seconds=3.0)
     endpoint = emulator.start()
     try:
@@ -94,7 +98,7 @@ def run_demo(directory: str | None = None, touch: bool = True) -> int:
                 endpoint=endpoint,
                 dist_id=dist_id,
                 state=base / "state",
-                log_format="console" if sys.stderr.isatty() else "json",
+                log_format=log_format,
             ),
             encoding="utf-8",
         )

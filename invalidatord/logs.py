@@ -107,6 +107,15 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
     return event
 
 
+def _console(renderer: Callable[..., Any]) -> Callable[..., Any]:
+    """The console renderer, with the URL paths first (`_paths_first`)."""
+
+    def render(logger: Any, name: str, event: MutableMapping[str, Any]) -> Any:
+        return renderer(logger, name, _paths_first(logger, name, event))
+
+    return render
+
+
 def _scrubbed(renderer: Callable[..., Any]) -> Callable[..., Any]:
     """The renderer, with its output masked too: whatever an object's repr or a formatted
     traceback adds after `redact` ran is masked on the final line."""
@@ -116,6 +125,21 @@ def _scrubbed(renderer: Callable[..., Any]) -> Callable[..., Any]:
         return scrub(out) if isinstance(out, str) else out
 
     return render
+
+
+#: In console format these keys come first, in this order: a person reading a terminal looks
+#: for what was invalidated, not for the caller_reference (JSON keeps structlog's order).
+CONSOLE_FIRST = ("paths", "sample", "path", "urls", "url", "distribution", "source")
+
+
+def _paths_first(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor (console only): CONSOLE_FIRST keys ahead of the others."""
+    first = {key: event.pop(key) for key in CONSOLE_FIRST if key in event}
+    rest = dict(event)
+    event.clear()
+    event.update(first)
+    event.update(rest)
+    return event
 
 
 def wants_console(stream: Any) -> bool:
@@ -143,7 +167,7 @@ def configure(
     renderer: Any = _scrubbed(
         structlog.processors.JSONRenderer()
         if chosen == "json"
-        else structlog.dev.ConsoleRenderer(colors=wants_console(stream))
+        else _console(structlog.dev.ConsoleRenderer(colors=wants_console(stream), sort_keys=False))
     )
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,

@@ -379,6 +379,13 @@ class Submitter:
             sample=list(record.paths[:5]),
             **self._explained(record),
         )
+        # The canonical line shows five; `--log-level debug` shows every one.
+        log.debug(
+            "batch_paths",
+            distribution=state.name,
+            invalidation_id=invalidation.id,
+            paths=list(record.paths),
+        )
         return True
 
     def _split(

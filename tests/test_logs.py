@@ -254,3 +254,46 @@ def test_the_daemon_logs_for_people_on_a_terminal_and_json_into_a_pipe(
     finally:
         piped.kill()
     assert not [line for line in piped.other_lines if line.strip()]
+
+
+# ---- what a person reads first -------------------------------------------------------------
+
+
+def test_console_lines_show_the_url_paths_before_the_other_keys(restore_logging: None) -> None:
+    """In console format the paths (and the sample of a batch) come right after the event
+    name, before caller_reference and the rest; JSON keeps every key."""
+    stream = io.StringIO()
+    logs.configure("console", "info", stream=stream)
+    structlog.get_logger("test").info(
+        "batch_submitted",
+        caller_reference="invalidatord-1a2b-7-0123",
+        distribution="www",
+        invalidation_id="I1",
+        paths=2,
+        sample=["/a.html", "/img/*"],
+    )
+    line = stream.getvalue()
+    keys = re.findall(r"(\w+)=", line.split("batch_submitted", 1)[1])
+    assert keys == ["paths", "sample", "distribution", "caller_reference", "invalidation_id"]
+
+
+def test_debug_level_lists_every_path_of_a_batch(
+    tmp_path: Path, docroot: Path, cloudfront: CloudFrontEmulator
+) -> None:
+    """`run --log-level debug`: batch_submitted keeps its five-path sample, and batch_paths
+    lists every path of the batch."""
+    config = emulator_config(tmp_path, docroot, cloudfront)
+    proc = DaemonProcess("run", "-c", str(config), "--log-level", "debug").start()
+    try:
+        proc.wait_ready()
+        for i in range(7):
+            (docroot / f"p{i}.html").write_text(str(i))
+        submitted = proc.wait_event("batch_submitted", lambda e: e["paths"] == 7)
+        listed = proc.wait_event(
+            "batch_paths", lambda e: e["invalidation_id"] == submitted["invalidation_id"]
+        )
+    finally:
+        assert proc.stop() == 0
+    assert len(submitted["sample"]) == 5
+    assert sorted(listed["paths"]) == [f"/p{i}.html" for i in range(7)]
+    assert listed["level"] == "debug"
