@@ -677,6 +677,8 @@ def _status(cfg: Config, *, as_json: bool = False) -> int:
 
     state_dir = Path(cfg.state_dir)
     journal_file = journal_path(cfg)
+    if state_dir.exists() and not state_dir.is_dir():
+        raise InvalidatordError(f"state_dir {state_dir}: not a directory")
     running = _daemon_running(state_dir)
     now = time.time()
     if not journal_file.exists():
