@@ -50,6 +50,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"invalidatord {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def command(name: str, summary: str, example: str) -> argparse.ArgumentParser:
+        """A subcommand whose --help has a description and an example."""
+        return sub.add_parser(
+            name,
+            help=summary,
+            description=summary[0].upper() + summary[1:] + ".",
+            epilog=f"example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument(
             "-c",
@@ -59,7 +69,13 @@ def _parser() -> argparse.ArgumentParser:
         )
         return p
 
-    run = with_config(sub.add_parser("run", help="run the daemon until SIGTERM/SIGINT"))
+    run = with_config(
+        command(
+            "run",
+            "run the daemon until SIGTERM/SIGINT (SIGHUP reloads the config)",
+            "invalidatord run -c /etc/invalidatord/config.yaml --dry-run",
+        )
+    )
     run.add_argument(
         "--dry-run",
         action="store_true",
@@ -77,17 +93,39 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve /metrics, /healthz and /livez here instead of metrics.listen",
     )
-    with_config(sub.add_parser("check", help="validate the config and print a summary"))
-    mp = with_config(sub.add_parser("map", help="print the URL paths each path maps to"))
+    with_config(
+        command(
+            "check",
+            "validate the config and print a summary (exit 2 with one line per problem)",
+            "invalidatord check -c /etc/invalidatord/config.yaml",
+        )
+    )
+    mp = with_config(
+        command(
+            "map",
+            "print the URL paths each path maps to, per distribution",
+            "invalidatord map -c config.yaml about/index.html 'red flower.jpg'",
+        )
+    )
     mp.add_argument("--source", help="the source the paths belong to (default: the first)")
     mp.add_argument("paths", nargs="+", metavar="PATH")
     pl = with_config(
-        sub.add_parser("plan", help="print what changes of PATHs would send, and what it costs")
+        command(
+            "plan",
+            "print what changes of PATHs would send, and what it costs; sends nothing",
+            "invalidatord plan -c config.yaml --json products/a.html products/b.html",
+        )
     )
     pl.add_argument("--source", help="the source the paths belong to (default: the first)")
     pl.add_argument("--json", action="store_true", help="one JSON document, for scripts")
     pl.add_argument("paths", nargs="+", metavar="PATH")
-    inv = with_config(sub.add_parser("invalidate", help="queue manual invalidations"))
+    inv = with_config(
+        command(
+            "invalidate",
+            "queue manual invalidations (a running daemon submits them, else this command)",
+            "invalidatord invalidate -c config.yaml --wait --timeout 10m /index.html '/img/*'",
+        )
+    )
     inv.add_argument("-d", "--distribution", help="distribution name (default: every one)")
     inv.add_argument(
         "--wait", action="store_true", help="show progress until every one is Completed"
@@ -103,20 +141,28 @@ def _parser() -> argparse.ArgumentParser:
         "--raw", action="store_true", help="send the URL paths exactly as given (already encoded)"
     )
     inv.add_argument("urls", nargs="+", metavar="URL")
-    st = with_config(sub.add_parser("status", help="pending, in-flight and recent invalidations"))
+    st = with_config(
+        command(
+            "status",
+            "show pending, in-flight and recent invalidations and this month's paths",
+            "invalidatord status -c config.yaml --json",
+        )
+    )
     st.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     discard = with_config(
-        sub.add_parser(
+        command(
             "discard",
-            help="drop the unsent paths of a distribution id the config no longer names",
+            "drop the unsent paths of a distribution id the config no longer names",
+            "invalidatord discard -c config.yaml --distribution-id E2EXAMPLE12345",
         )
     )
     discard.add_argument(
         "--distribution-id", required=True, metavar="ID", help="the CloudFront id (E2...)"
     )
-    emu = sub.add_parser(
+    emu = command(
         "emulator",
-        help="serve the CloudFront test double (and S3, SQS) on 127.0.0.1 to try a config",
+        "serve the CloudFront test double (and S3, SQS) on 127.0.0.1 to try a config",
+        "invalidatord emulator --port 5000",
     )
     emu.add_argument(
         "--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000; 0: a free one)"
@@ -128,8 +174,10 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="how long each invalidation stays InProgress (default 5s)",
     )
-    demo = sub.add_parser(
-        "demo", help="run the daemon on an embedded CloudFront emulator and an example site"
+    demo = command(
+        "demo",
+        "run the daemon on an embedded CloudFront emulator and an example site",
+        "invalidatord demo --dir /tmp/site",
     )
     demo.add_argument("--dir", help="where to create the example site (default: a temp folder)")
     demo.add_argument(

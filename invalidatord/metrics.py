@@ -14,7 +14,9 @@ each scrape and every few seconds).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -36,7 +38,7 @@ RESCAN_REASONS = ("tree", "subtree")
 
 #: Every family on /metrics (the name Prometheus shows) -> its labels.
 FAMILIES: dict[str, tuple[str, ...]] = {
-    "invalidatord_build_info": ("version",),
+    "invalidatord_build_info": ("version", "commit"),
     "invalidatord_changes_total": ("source", "kind"),
     "invalidatord_paths_accepted_total": ("distribution",),
     "invalidatord_invalidations_submitted_total": ("distribution",),
@@ -72,6 +74,36 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 SPARSE_FAMILIES = frozenset({"invalidatord_orphaned_paths"})
 
 
+def build_commit() -> str:
+    """The git commit this code is: $INVALIDATORD_COMMIT (set by a packager or an image
+    build), else read from the checkout the package runs from (no git binary needed), else
+    "unknown" (an installed wheel)."""
+    commit = os.environ.get("INVALIDATORD_COMMIT", "").strip()
+    if commit:
+        return commit
+    git = Path(__file__).resolve().parent.parent / ".git"
+    try:
+        if git.is_file():  # a worktree: "gitdir: PATH"
+            git = Path(git.read_text().split(":", 1)[1].strip())
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head
+        ref = head[5:]
+        common = git / "commondir"
+        roots = [git] + ([(git / common.read_text().strip()).resolve()] if common.exists() else [])
+        for root in roots:
+            if (root / ref).exists():
+                return (root / ref).read_text().strip()
+            packed = root / "packed-refs"
+            if packed.exists():
+                for line in packed.read_text().splitlines():
+                    if line.endswith(" " + ref):
+                        return line.split(" ", 1)[0]
+    except (OSError, IndexError):
+        pass
+    return "unknown"
+
+
 class Metrics:
     """The daemon's metric families, in their own registry."""
 
@@ -79,9 +111,12 @@ class Metrics:
         self.registry = r = CollectorRegistry()
         p = "invalidatord_"
         self.build_info = Gauge(
-            p + "build_info", "Always 1; the version is a label", ["version"], registry=r
+            p + "build_info",
+            "Always 1; the version and the git commit are labels",
+            ["version", "commit"],
+            registry=r,
         )
-        self.build_info.labels(__version__).set(1)
+        self.build_info.labels(__version__, build_commit()).set(1)
         self.changes = Counter(
             p + "changes", "Changes seen, per source and kind", ["source", "kind"], registry=r
         )

@@ -356,3 +356,32 @@ def test_dry_run_serves_metrics_only_when_asked(tmp_path: Path) -> None:
         assert dry.health("/livez")[0] == 200
     finally:
         assert dry.stop() == 0
+
+
+def test_build_info_names_the_version_and_the_commit(
+    tmp_path: Path, cloudfront: CloudFrontEmulator
+) -> None:
+    """invalidatord_build_info carries the version and the commit ($INVALIDATORD_COMMIT, as an
+    image build sets it)."""
+    from invalidatord import __version__
+
+    root = tmp_path / "www"
+    root.mkdir()
+    config = emulator_config(tmp_path, root, cloudfront)
+    env = aws_test_env() | {"INVALIDATORD_COMMIT": "0123abc"}
+    with running_daemon(config, env=env) as proc:
+        assert proc.metric("invalidatord_build_info", version=__version__, commit="0123abc") == 1
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["run", "check", "map", "plan", "invalidate", "status", "discard", "emulator", "demo"],
+)
+def test_every_command_help_has_a_description_and_an_example(command: str) -> None:
+    """`invalidatord COMMAND --help` describes the command and shows an example of it."""
+    result = cli(command, "--help")
+    assert result.returncode == 0
+    usage, description, *_ = result.stdout.split("\n\n")
+    assert usage.startswith(f"usage: invalidatord {command}")
+    assert description.endswith(".")
+    assert f"example:\n  invalidatord {command} " in result.stdout

@@ -367,6 +367,18 @@ def test_embedded_configs_keep_the_default_ignore_list(origin: str) -> None:
     assert [s.get("ignore") for s in config["sources"]] == [None]
 
 
+def test_manifests_name_the_released_image_tag() -> None:
+    """The compose file and the Deployment run invalidatord:VERSION (pyproject's version), never
+    `latest`, so every replica and restart runs the same code."""
+    import tomllib
+
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    compose_image = compose_file()["services"]["invalidatord"]["image"]
+    pod = kubernetes_objects()["Deployment/web"]["spec"]["template"]["spec"]
+    [k8s_image] = [c["image"] for c in pod["containers"] if c["name"] == "invalidatord"]
+    assert compose_image == k8s_image == f"invalidatord:{version}"
+
+
 def test_kubernetes_matches_the_api_schemas() -> None:
     """Every object in deploy/kubernetes.yaml validates strictly against the Kubernetes API
     schemas (the oldest supported here, 1.29, and kubernetes-validate's newest)."""
