@@ -90,6 +90,23 @@ CREATE TABLE IF NOT EXISTS s3_index (
     last_modified REAL NOT NULL,
     PRIMARY KEY (source, key)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    distribution TEXT NOT NULL,
+    path TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    first_seen REAL NOT NULL,
+    origin TEXT,
+    UNIQUE (distribution, path, fingerprint)
+);
+CREATE TABLE IF NOT EXISTS fleet_seen (
+    distribution TEXT NOT NULL,
+    path TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    seen REAL NOT NULL,
+    PRIMARY KEY (distribution, path)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS fleet_seen_age ON fleet_seen (seen);
 """
 
 PLANNED, SUBMITTED, COMPLETED, REJECTED, SPLIT = (
@@ -135,6 +152,28 @@ class Accepted:
     path: str
     first_seen: float
     origin: str
+    #: which version of the file the change is (`model.fingerprint`); a fleet publisher's
+    #: deduplication key is built from it. "" where none is known (manual, S3 sources).
+    fingerprint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """One URL path a fleet publisher has accepted and SQS has not yet taken."""
+
+    id: int
+    distribution: str
+    path: str
+    fingerprint: str
+    first_seen: float
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class FleetItem:
+    """One URL path received from a fleet queue (`accepted.fingerprint` says which version)."""
+
+    accepted: Accepted
 
 
 def _key(path: str) -> bytes:
@@ -383,16 +422,30 @@ class Journal:
         urls: Iterable[Accepted],
         index_updates: Iterable[tuple[str, str, FileStat | None]] = (),
         counts: dict[str, int] | None = None,
+        *,
+        outbox: bool = False,
     ) -> int:
         """Commit URL paths to `pending` (the earliest first_seen wins) together with the catch-up
-        index updates (None = the file is gone) in one transaction. Returns rows added."""
+        index updates (None = the file is gone) in one transaction. Returns rows added.
+        With `outbox` (a fleet publisher) they go to the outbox instead, one row per
+        (distribution, path, fingerprint), for the publisher to hand to SQS."""
         with self._tx() as db:
             before = db.total_changes
-            db.executemany(
-                "INSERT INTO pending VALUES (?, ?, ?, ?) ON CONFLICT (distribution, path) "
-                "DO UPDATE SET first_seen = min(first_seen, excluded.first_seen)",
-                ((self._k(u.distribution), u.path, u.first_seen, u.origin) for u in urls),
-            )
+            if outbox:
+                db.executemany(
+                    "INSERT OR IGNORE INTO outbox "
+                    "(distribution, path, fingerprint, first_seen, origin) VALUES (?, ?, ?, ?, ?)",
+                    (
+                        (self._k(u.distribution), u.path, u.fingerprint, u.first_seen, u.origin)
+                        for u in urls
+                    ),
+                )
+            else:
+                db.executemany(
+                    "INSERT INTO pending VALUES (?, ?, ?, ?) ON CONFLICT (distribution, path) "
+                    "DO UPDATE SET first_seen = min(first_seen, excluded.first_seen)",
+                    ((self._k(u.distribution), u.path, u.first_seen, u.origin) for u in urls),
+                )
             added = db.total_changes - before
             gone: list[tuple[str, bytes]] = []
             present: list[_IndexRow] = []
@@ -412,6 +465,74 @@ class Journal:
                     (name, value),
                 )
         return added
+
+    # ---- a fleet: the publisher's outbox, the invalidator's deduplication window -------------
+
+    def outbox_peek(self, limit: int) -> list[OutboxEntry]:
+        """The oldest `limit` entries of the outbox, in the order they were accepted."""
+        rows = self._read(
+            "SELECT id, distribution, path, fingerprint, first_seen, origin FROM outbox "
+            "ORDER BY id LIMIT ?",
+            (limit,),
+        )
+        return [
+            OutboxEntry(int(i), self._n(d), str(p), str(f), float(t), str(o or ""))
+            for i, d, p, f, t, o in rows
+        ]
+
+    def outbox_remove(self, ids: Sequence[int], counts: dict[str, int] | None = None) -> None:
+        """SQS took these entries: they leave the outbox (one transaction)."""
+        with self._tx() as db:
+            db.executemany("DELETE FROM outbox WHERE id = ?", ((i,) for i in ids))
+            self._count(db, counts)
+
+    def outbox_summary(self) -> tuple[int, float | None]:
+        """(entries in the outbox, first_seen of the oldest)."""
+        row = self._read("SELECT count(*), min(first_seen) FROM outbox")[0]
+        return int(row[0]), None if row[1] is None else float(row[1])
+
+    def fleet_accept(self, items: Sequence[FleetItem], window: float) -> tuple[int, int]:
+        """Queue the URL paths received from a fleet queue, except duplicates, and remember what
+        was queued, in one transaction (the messages are deleted only after it). A duplicate is
+        a path whose last queued version, within the last `window` seconds, has the same
+        fingerprint: another host reporting the same deploy. A path going back to an earlier
+        version (a rollback) is not one: its last version differs. Returns (queued, duplicates).
+        """
+        now = self._clock()
+        queued = duplicates = 0
+        with self._tx() as db:
+            db.execute("DELETE FROM fleet_seen WHERE seen < ?", (now - window,))
+            for item in items:
+                u = item.accepted
+                key = self._k(u.distribution)
+                last = db.execute(
+                    "SELECT fingerprint FROM fleet_seen WHERE distribution = ? AND path = ?",
+                    (key, u.path),
+                ).fetchone()
+                if last is not None and last[0] == u.fingerprint:
+                    duplicates += 1
+                    continue
+                db.execute(
+                    "INSERT OR REPLACE INTO fleet_seen VALUES (?, ?, ?, ?)",
+                    (key, u.path, u.fingerprint, now),
+                )
+                db.execute(
+                    "INSERT INTO pending VALUES (?, ?, ?, ?) ON CONFLICT (distribution, path) "
+                    "DO UPDATE SET first_seen = min(first_seen, excluded.first_seen)",
+                    (key, u.path, u.first_seen, u.origin),
+                )
+                queued += 1
+            self._count(db, {"fleet_received": queued + duplicates, "fleet_duplicates": duplicates})
+        return queued, duplicates
+
+    @staticmethod
+    def _count(db: sqlite3.Connection, counts: dict[str, int] | None) -> None:
+        for name, value in (counts or {}).items():
+            db.execute(
+                "INSERT INTO counters VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                (name, value),
+            )
 
     def pending_paths(self, distribution: str, limit: int) -> list[str]:
         """Up to `limit` pending paths of one distribution, oldest first."""

@@ -123,3 +123,21 @@ class Invalidation:
     @property
     def completed(self) -> bool:
         return self.status.lower() == "completed"
+
+
+def fingerprint(current: FileStat | None, indexed: FileStat | None = None) -> str:
+    """What identifies one version of a file across hosts that hold the same tree (a fleet's
+    deduplication key is built from it): the same bytes deployed to every host give the same
+    fingerprint, so each host's report of the change is recognised as one.
+
+    The content hash when the index has one (`compare: content`), else size and mtime in
+    nanoseconds (rsync -a and cp -p preserve both; the inode differs from host to host, so it
+    is left out). A file that is gone is fingerprinted by the version the index last knew,
+    which is the same on every host. The one place this is decided: change it here only."""
+    if current is None:
+        return "gone" if indexed is None else "gone:" + fingerprint(indexed)
+    # `digest` arrives with content comparison; read it without requiring it.
+    digest = getattr(current, "digest", None)
+    if isinstance(digest, bytes) and digest:
+        return "h:" + digest.hex()
+    return f"s:{current.size}:{current.mtime_ns}"

@@ -28,7 +28,7 @@ from invalidatord.errors import InvalidatordError
 from invalidatord.journal import Accepted, Journal
 from invalidatord.mapping import Mapped, Mapper
 from invalidatord.metrics import Metrics
-from invalidatord.model import Change, ChangeKind, FileStat
+from invalidatord.model import Change, ChangeKind, FileStat, fingerprint
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +53,7 @@ class _Prepared:
     # `compare: content` read the file and found the bytes the index has: the index learns
     # its new stat, nothing is invalidated
     unchanged: bool = False
+    fingerprint: str = ""  # which version of the file (`model.fingerprint`); "" = not known
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,7 @@ class Pipeline:
         metrics: Metrics,
         on_accepted: Callable[[], None] = lambda: None,
         heartbeat: Callable[[], None] = lambda: None,
+        outbox: bool = False,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -90,6 +92,8 @@ class Pipeline:
         self._journal = journal
         self._metrics = metrics
         self._on_accepted = on_accepted
+        # a fleet publisher: accepted URL paths go to the journal's outbox, for SQS
+        self._outbox = outbox
         self._heartbeat = heartbeat
         self._clock = clock
         self._monotonic = monotonic
@@ -233,7 +237,12 @@ class Pipeline:
         gone = [path for path, st in zip(paths, stats, strict=True) if st is None]
         known = self._journal.index_get(source, gone) if gone else {}
         for path, st in zip(paths, stats, strict=True):
-            ready[path] = _Prepared(st, path in known, mapper.map(source, path))
+            ready[path] = _Prepared(
+                st,
+                path in known,
+                mapper.map(source, path),
+                fingerprint=fingerprint(st, known.get(path)),
+            )
 
     def _prepare_content(self, source: str, scanner: TreeScanner, paths: list[str]) -> None:
         """`compare: content`: each file an event named is read once, here, and its hash
@@ -253,7 +262,13 @@ class Pipeline:
                 and old.digest is not None
                 and st.digest == old.digest
             )
-            ready[path] = _Prepared(st, old is not None, mapper.map(source, path), unchanged)
+            ready[path] = _Prepared(
+                st,
+                old is not None,
+                mapper.map(source, path),
+                unchanged,
+                fingerprint(st, old),  # the content hash: `digest` is set
+            )
 
     def _drain(self, timeout: float) -> list[Change]:
         try:
@@ -359,7 +374,12 @@ class Pipeline:
             )
             unchanged += len(index_updates) - len(keep)
             accepted = self._map(source, keep, files)
-            self._journal.accept(accepted, index_updates, {f"changes_accepted:{source}": len(keep)})
+            self._journal.accept(
+                accepted,
+                index_updates,
+                {f"changes_accepted:{source}": len(keep)},
+                outbox=self._outbox,
+            )
             for distribution, n in Counter(u.distribution for u in accepted).items():
                 self._metrics.accepted.labels(distribution).inc(n)
             kept += len(keep)
@@ -411,9 +431,11 @@ class Pipeline:
             # a non-UTF-8 name carries surrogate escapes, which SQLite text cannot hold
             readable = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
             origin = f"{source}:{readable}"
+            # Without a file to fingerprint (S3 sources), each change is its own version.
+            version = p.fingerprint or f"t:{first_seen!r}"
             for distribution, dist_urls in mapped.urls.items():
                 for url in dist_urls:
-                    accepted.append(Accepted(distribution, url, first_seen, origin))
+                    accepted.append(Accepted(distribution, url, first_seen, origin, version))
         return accepted
 
     def _rescan_into(
