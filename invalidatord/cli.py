@@ -327,6 +327,10 @@ def _check(cfg: Config, path: str) -> int:
         print(f"  distribution {name}: {dist.id}")
     for source in cfg.sources:
         print(f"  source {source.describe()}")
+    if cfg.fleet is not None:
+        if not cfg.sources:
+            print("  source (none: the fleet queue is the only source of work)")
+        print(f"  fleet: {cfg.fleet.describe()}")
     for i, rule in enumerate(cfg.mapping_rules()):
         targets = ", ".join(rule.distributions)
         urls = ", ".join(rule.urls) if rule.urls else "(ignored)"
@@ -345,6 +349,8 @@ def _source_paths(cfg: Config, source: str | None, paths: Sequence[str]) -> tupl
     """(the source's name, `paths` relative to its root): as `map` and `plan` take them.
     Every path is checked before any is used: a script gets all or nothing."""
     names = [s.name for s in cfg.sources]
+    if not names:
+        raise UsageError("the config has no sources to map paths of (a fleet invalidator)")
     source = source or names[0]
     if source not in names:
         raise UsageError(f"unknown source {source!r} (known: {', '.join(names)})")

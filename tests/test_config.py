@@ -49,7 +49,7 @@ sources:
 
 TOP_KEYS = (
     "state_dir, aws, distributions, sources, rules, debounce, invalidation, metrics, log, "
-    "shutdown_timeout"
+    "shutdown_timeout, fleet"
 )
 DURATION_HINT = "expected a duration such as 500ms, 2s, 5m or a number of seconds"
 
@@ -82,13 +82,21 @@ def test_shipped_configs_load_without_warnings(path: Path) -> None:
     assert cfg.source_path == path
     assert config_warnings(cfg) == []
     fs = [s for s in cfg.sources if isinstance(s, FilesystemSourceConfig)]
+    if cfg.fleet is not None and cfg.fleet.role == "invalidator":
+        assert fs == []  # the fleet queue is its only source of work
+        return
     assert fs[0].root == REPO / "examples" / "docroot"
     assert (fs[0].root / "index.html").is_file()
 
 
 def test_both_shipped_configs_exist() -> None:
-    """config/ holds exactly the example and the minimal config."""
-    assert [p.name for p in EXAMPLES] == ["example.yaml", "minimal.yaml"]
+    """config/ holds exactly the example, the minimal config and the two fleet roles."""
+    assert [p.name for p in EXAMPLES] == [
+        "example.yaml",
+        "fleet-invalidator.yaml",
+        "fleet-publisher.yaml",
+        "minimal.yaml",
+    ]
 
 
 def _nested_models(tp: Any) -> Iterator[tuple[str, type[BaseModel]]]:
@@ -127,12 +135,15 @@ def _yaml_keys(data: Any, prefix: str = "") -> set[str]:
 
 
 def test_example_sets_every_key_the_models_know() -> None:
-    """example.yaml shows every key of every section, source type and rule."""
+    """example.yaml shows every key of every section, source type and rule (the fleet block:
+    fleet-invalidator.yaml)."""
     data = yaml.safe_load((REPO / "config" / "example.yaml").read_text())
+    fleet = yaml.safe_load((REPO / "config" / "fleet-invalidator.yaml").read_text())
     expected = _model_keys(Config)
     assert "sources.queue_url" in expected
     assert "distributions.*.id" in expected
-    assert expected - _yaml_keys(data) == set()
+    assert "fleet.dedup_window" in expected
+    assert expected - _yaml_keys(data) - _yaml_keys({"fleet": fleet["fleet"]}) == set()
 
 
 def test_example_rules_map_as_documented() -> None:
@@ -256,6 +267,33 @@ CASES: list[tuple[str, str, list[str]]] = [
         ],
     ),
     (
+        "fleet queue not FIFO",
+        VALID + "fleet:\n  role: publisher\n  queue_url: https://sqs.us-east-1.amazonaws.com/1/q\n",
+        [
+            "config.yaml:10: fleet.queue_url: must be an SQS FIFO queue (its name ends in .fifo; "
+            "order and deduplication depend on it), got 'https://sqs.us-east-1.amazonaws.com/1/q'"
+        ],
+    ),
+    (
+        "fleet without a role",
+        VALID + "fleet:\n  queue_url: https://sqs.us-east-1.amazonaws.com/1/q.fifo\n",
+        ["config.yaml:8: fleet.role: required key missing"],
+    ),
+    (
+        "fleet role unknown",
+        VALID + "fleet: {role: leader, queue_url: https://sqs.us-east-1.amazonaws.com/1/q.fifo}\n",
+        ["config.yaml:8: fleet.role: expected 'publisher' or 'invalidator', got 'leader'"],
+    ),
+    (
+        "no sources outside a fleet invalidator",
+        "distributions:\n  www: {id: E2EXAMPLE12345}\nsources: []\n"
+        "fleet: {role: publisher, queue_url: https://sqs.us-east-1.amazonaws.com/1/q.fifo}\n",
+        [
+            "config.yaml:3: sources: must not be empty (only a fleet invalidator, "
+            "fleet.role: invalidator, may have no sources)"
+        ],
+    ),
+    (
         "unknown source type",
         VALID.replace("type: filesystem", "type: ftp"),
         [
@@ -266,7 +304,10 @@ CASES: list[tuple[str, str, list[str]]] = [
     (
         "empty sources",
         "distributions:\n  www: {id: E2EXAMPLE12345}\nsources: []\n",
-        ["config.yaml:3: sources: must not be empty"],
+        [
+            "config.yaml:3: sources: must not be empty (only a fleet invalidator, "
+            "fleet.role: invalidator, may have no sources)"
+        ],
     ),
     (
         "bad duration",

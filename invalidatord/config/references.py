@@ -69,6 +69,18 @@ def reference_problems(data: Mapping[Any, Any]) -> list[tuple[Loc, str, object]]
                 )
             else:
                 source_names[name] = i
+    fleet = data.get("fleet")
+    invalidator = _get(fleet, "role") == "invalidator" if fleet is not None else False
+    if not invalidator:
+        # Only a fleet invalidator has work without sources of its own (the fleet queue's).
+        if "sources" not in data:
+            problems.append((("sources",), "required key missing", None))
+        elif sources == []:
+            message = (
+                "must not be empty "
+                "(only a fleet invalidator, fleet.role: invalidator, may have no sources)"
+            )
+            problems.append((("sources",), message, sources))
     several = dist_names is not None and len(dist_names) > 1
     if "rules" not in data:
         if several:

@@ -438,6 +438,68 @@ class LogConfig(_Model):
         return value.lower() if isinstance(value, str) else value
 
 
+class FleetConfig(_Model):
+    """A fleet of origins sharing one set of invalidations through an SQS FIFO queue:
+    publishers (the origin hosts) send their URL changes to it instead of CloudFront, one or
+    two invalidators take them from it and submit them."""
+
+    role: Literal["publisher", "invalidator"]
+    #: the FIFO queue (its name ends in `.fifo`)
+    queue_url: str
+    #: how long an invalidator drops a path reported again with the same version (other hosts
+    #: finishing the same deploy later); SQS itself deduplicates only for 5 minutes
+    dedup_window: Duration = 3600.0
+    #: an invalidator's long-polling wait of one ReceiveMessage call (0-20 s)
+    wait_time: Duration = 20.0
+    #: how long a received message stays invisible to the other invalidator (1s-12h)
+    visibility_timeout: Duration = 60.0
+
+    @field_validator("queue_url")
+    @classmethod
+    def _queue_url(cls, value: str) -> str:
+        check_url(value)
+        if not value.rstrip("/").endswith(".fifo"):
+            raise ValueError(
+                f"must be an SQS FIFO queue (its name ends in .fifo; order and deduplication "
+                f"depend on it), got {value!r}"
+            )
+        return value
+
+    @field_validator("dedup_window")
+    @classmethod
+    def _dedup_window(cls, value: float) -> float:
+        return check_positive(value)
+
+    @field_validator("wait_time")
+    @classmethod
+    def _wait_time(cls, value: float) -> float:
+        if value > SQS_MAX_WAIT:
+            raise ValueError(
+                f"must be at most {fmt_seconds(SQS_MAX_WAIT)} (the SQS long-polling limit), "
+                f"got {fmt_seconds(value)}"
+            )
+        return value
+
+    @field_validator("visibility_timeout")
+    @classmethod
+    def _visibility_timeout(cls, value: float) -> float:
+        if not 1 <= value <= SQS_MAX_VISIBILITY:
+            raise ValueError(
+                f"must be between 1s and 12h (the SQS limits), got {fmt_seconds(value)}"
+            )
+        return value
+
+    def describe(self) -> str:
+        """One line for `check`."""
+        if self.role == "publisher":
+            return f"publisher to {self.queue_url} (CloudFront is never called)"
+        return (
+            f"invalidator from {self.queue_url}; dedup_window {fmt_seconds(self.dedup_window)}, "
+            f"wait_time {fmt_seconds(self.wait_time)}, "
+            f"visibility_timeout {fmt_seconds(self.visibility_timeout)}"
+        )
+
+
 class Config(_Model):
     """The whole, validated config. Build it with `load_config` (which locates every problem
     in the file) or directly from Python values (tests)."""
@@ -446,7 +508,8 @@ class Config(_Model):
     state_dir: Path = Path("/var/lib/invalidatord")
     aws: AwsConfig = Field(default_factory=AwsConfig)
     distributions: dict[str, DistributionConfig] = Field(min_length=1)
-    sources: list[SourceConfig] = Field(min_length=1)
+    #: may be empty only for a fleet invalidator (references.reference_problems checks it)
+    sources: list[SourceConfig] = Field(default_factory=list)
     rules: list[RuleConfig] = Field(default_factory=_default_rules)
     debounce: DebounceConfig = Field(default_factory=DebounceConfig)
     invalidation: InvalidationConfig = Field(default_factory=InvalidationConfig)
@@ -454,6 +517,8 @@ class Config(_Model):
     log: LogConfig = Field(default_factory=LogConfig)
     #: how long SIGTERM waits for the pipeline to flush
     shutdown_timeout: Duration = 10.0
+    #: a fleet of origins (publisher or invalidator); None = a single daemon
+    fleet: FleetConfig | None = None
     #: the file this was loaded from (set by `load_config`, never read from YAML)
     source_path: Path | None = Field(default=None, exclude=True)
 
