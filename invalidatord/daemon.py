@@ -97,6 +97,7 @@ from invalidatord.factory import (
     open_journal,
     submitter_for,
 )
+from invalidatord.fleet import FleetConsumer, FleetPublisher
 from invalidatord.health import StatusReport, StatusServer, WatchedCloudFront, collect_status
 from invalidatord.journal import Journal
 from invalidatord.metrics import Metrics
@@ -160,6 +161,11 @@ class Daemon:
         self.scanners: dict[str, TreeScanner] = {}
         self.pipeline: Pipeline | None = None
         self.submitter: Submitter | None = None
+        # a fleet (`fleet:`): a publisher sends to SQS instead of CloudFront (no submitter); an
+        # invalidator takes the fleet queue's paths besides its own sources'
+        self.role = cfg.fleet.role if cfg.fleet is not None else None
+        self.publisher: FleetPublisher | None = None
+        self.consumer: FleetConsumer | None = None
         self.scheduler: BackgroundScheduler | None = None
         self.http = http
         self._report: StatusReport | None = None
@@ -185,11 +191,16 @@ class Daemon:
         self._start_http()
         for warning in config_warnings(cfg):
             log.warning("config_warning", warning=warning)
-        self.submitter = submitter_for(
-            cfg, self.journal, self.cloudfront, self.metrics, dry_run=self.dry_run
-        )
-        if preflight:
-            self.preflight()
+        if self.role == "publisher":
+            # Publishers never call CloudFront: no submitter, no preflight.
+            self.publisher = self._publisher()
+        else:
+            self.submitter = submitter_for(
+                cfg, self.journal, self.cloudfront, self.metrics, dry_run=self.dry_run
+            )
+            if preflight:
+                self.preflight()
+        wake = self.publisher.wake if self.publisher is not None else self._wake_submitter
         self._build_sources()  # their sink is self._sink; nothing is delivered before start()
         self.pipeline = Pipeline(
             sources=self.sources,
@@ -200,17 +211,25 @@ class Daemon:
                 cfg.debounce.quiet, cfg.debounce.max_delay, cfg.debounce.max_pending
             ),
             metrics=self.metrics,
-            on_accepted=self.submitter.wake,
+            on_accepted=wake,
             heartbeat=self._heartbeat,
+            outbox=self.publisher is not None,
         )
         for source in self.sources.values():
             source.start()
             log.info("source_watching", source=source.name)
+        if self.role == "invalidator":
+            self.consumer = self._consumer()
+            self.consumer.start()
+            log.info("fleet_receiving", queue_url=self.consumer.queue_url)
         self.pipeline.start(first=self._catch_up())
-        self.submitter.start()
+        if self.submitter is not None:
+            self.submitter.start()
+        if self.publisher is not None:
+            self.publisher.start()
         self._started = True
         self._start_scheduler()
-        self.submitter.wake()
+        self._wake_submitter()
         self.phase = "ready"
         self.ready.set()
         report = self.status_report(max_age=0)
@@ -222,6 +241,39 @@ class Daemon:
             distributions=list(cfg.distributions),
             dry_run=self.dry_run,
             health=self.health_url,
+            fleet=self.role,
+        )
+
+    def _wake_submitter(self) -> None:
+        if self.submitter is not None:
+            self.submitter.wake()
+
+    def _publisher(self) -> FleetPublisher:
+        assert self.journal is not None
+        assert self.cfg.fleet is not None
+        return FleetPublisher(
+            client=client_for(self.cfg, "sqs"),
+            journal=self.journal,
+            queue_url=self.cfg.fleet.queue_url,
+            distribution_ids={name: d.id for name, d in self.cfg.distributions.items()},
+            metrics=self.metrics,
+        )
+
+    def _consumer(self) -> FleetConsumer:
+        fleet = self.cfg.fleet
+        assert self.journal is not None
+        assert fleet is not None
+        return FleetConsumer(
+            client=client_for(self.cfg, "sqs"),
+            journal=self.journal,
+            queue_url=fleet.queue_url,
+            distributions={name: d.id for name, d in self.cfg.distributions.items()},
+            metrics=self.metrics,
+            dedup_window=fleet.dedup_window,
+            on_accepted=self._wake_submitter,
+            wait_time=fleet.wait_time,
+            visibility_timeout=fleet.visibility_timeout,
+            max_delay=self.cfg.debounce.max_delay,
         )
 
     @property
@@ -343,20 +395,20 @@ class Daemon:
 
     def _start_scheduler(self) -> None:
         submitter = self.submitter
-        assert submitter is not None
         inv = self.cfg.invalidation
         scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(JOB_THREADS)},
             job_defaults={"coalesce": True, "max_instances": 1},
         )
-        # CloudFront is called on the submitter's thread only: the jobs ask it to.
-        scheduler.add_job(submitter.request, "interval", ["poll"], seconds=inv.poll_interval)
-        scheduler.add_job(
-            submitter.request, "interval", ["reconcile"], seconds=inv.reconcile_interval
-        )
-        submitter.request("reconcile")  # once, now
-        probe_every = min(PROBE_INTERVAL, inv.reconcile_interval)
-        scheduler.add_job(submitter.request, "interval", ["probe"], seconds=probe_every)
+        if submitter is not None:  # a fleet publisher has none
+            # CloudFront is called on the submitter's thread only: the jobs ask it to.
+            scheduler.add_job(submitter.request, "interval", ["poll"], seconds=inv.poll_interval)
+            scheduler.add_job(
+                submitter.request, "interval", ["reconcile"], seconds=inv.reconcile_interval
+            )
+            submitter.request("reconcile")  # once, now
+            probe_every = min(PROBE_INTERVAL, inv.reconcile_interval)
+            scheduler.add_job(submitter.request, "interval", ["probe"], seconds=probe_every)
         for scfg in self.cfg.sources:
             interval = registry.source_type(scfg).rescan_interval(scfg)
             if interval and scfg.name in self.scanners:
@@ -382,7 +434,7 @@ class Daemon:
                 report = collect_status(
                     phase=self.phase,
                     now=now,
-                    sources=self.sources,
+                    sources=self._watched(),
                     distributions=list(self.cfg.distributions),
                     cloudfront=self.cloudfront,
                     submitter=self.submitter,
@@ -391,6 +443,11 @@ class Daemon:
                 )
                 self._report = report
             return report
+
+    def _watched(self) -> dict[str, Any]:
+        """The sources, and the fleet queue as one more (`fleet`): health names what fails."""
+        fleet = self.publisher or self.consumer
+        return {**self.sources, "fleet": fleet} if fleet is not None else dict(self.sources)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """(healthy, the JSON body of /healthz)."""
@@ -442,10 +499,17 @@ class Daemon:
     def refresh_gauges(self) -> None:
         """Set every gauge from a fresh report (at each scrape and each tick)."""
         self.status_report(max_age=0).set_gauges(self.metrics)
+        self._fleet_gauges()
+
+    def _fleet_gauges(self) -> None:
+        if self.publisher is not None and not self._stopped:
+            with contextlib.suppress(InvalidatordError):  # closed under us by a stop
+                self.metrics.fleet_outbox.set(self.publisher.outbox())
 
     def _tick(self) -> None:
         report = self.status_report(max_age=0)
         report.set_gauges(self.metrics)
+        self._fleet_gauges()
         self.notifier.status(report.text())
 
     def status_text(self) -> str:
@@ -502,6 +566,8 @@ class Daemon:
                 source.stop()
             except Exception:  # one stuck source must not keep the others' work unjournaled
                 log.exception("source_stop_failed", source=source.name)
+        if self.consumer is not None:
+            self.consumer.stop()  # what it received and did not commit comes back to the queue
         if self.scheduler is not None:
             # Its jobs produce work (rescans) and requests: none may follow the pipeline's
             # stop or race the drain. Each job only asks or reads, so the wait is short.
@@ -509,6 +575,7 @@ class Daemon:
         if self.pipeline is not None:
             self.pipeline.stop()
         finished = self._stop_submitter(drain=drain and self._started)
+        self._stop_publisher(drain=drain and self._started)
         self._stopped = True
         if self.http is not None and not reloading:
             self.http.close()
@@ -520,6 +587,16 @@ class Daemon:
         if self._lock is not None:
             self._lock.release()
         self.phase = "stopped" if not reloading else "reloading"
+
+    def _stop_publisher(self, *, drain: bool) -> None:
+        """Stop the fleet publisher and (with `drain`) send what is in the outbox, within
+        `shutdown_timeout`; what is not sent stays in the outbox for the next start."""
+        publisher = self.publisher
+        if publisher is None:
+            return
+        publisher.stop()
+        drained = publisher.drain(time.monotonic() + self.cfg.shutdown_timeout) if drain else False
+        log.info("fleet_publisher_stopped", drained=drained, outbox_kept=publisher.outbox())
 
     def _stop_submitter(self, *, drain: bool) -> bool:
         """Stop the submitter and (with `drain`) submit what is pending, all within

@@ -260,6 +260,29 @@ class Metrics:
             ["distribution"],
             registry=r,
         )
+        # a fleet (fleet: in the config): publishers' outbox, invalidators' deduplication
+        self.fleet_outbox = Gauge(
+            p + "fleet_outbox_paths",
+            "URL paths a fleet publisher has accepted and SQS has not yet taken",
+            registry=r,
+        )
+        self.fleet_sent = Counter(
+            p + "fleet_messages_sent", "Messages SQS accepted from this publisher", registry=r
+        )
+        self.fleet_send_errors = Counter(
+            p + "fleet_send_errors",
+            "Failed SendMessageBatch calls (after botocore's retries) by error code",
+            ["code"],
+            registry=r,
+        )
+        self.fleet_received = Counter(
+            p + "fleet_messages_received", "Fleet messages read by this invalidator", registry=r
+        )
+        self.fleet_duplicates = Counter(
+            p + "fleet_duplicates",
+            "Fleet messages found duplicates within fleet.dedup_window (nothing queued)",
+            registry=r,
+        )
 
     def declare(
         self,
