@@ -53,6 +53,7 @@ from invalidatord.model import (
     Invalidation,
     is_wildcard,
 )
+from invalidatord.testing.sqs import SqsFifoDouble
 
 log = structlog.get_logger(__name__)
 
@@ -245,6 +246,8 @@ class CloudFrontEmulator:
         self._thread: threading.Thread | None = None
         self._moto_app: Any = None
         self._client: Any = None
+        #: SQS FIFO deduplication as SQS does it (moto's forgets deleted messages' ids)
+        self.sqs = SqsFifoDouble(clock)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -267,7 +270,7 @@ class CloudFrontEmulator:
             def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
                 """Quiet: `requests` records what matters."""
 
-        self._moto_app = DomainDispatcherApplication(create_backend_app)
+        self._moto_app = self.sqs.wrap(DomainDispatcherApplication(create_backend_app))
         self._server = make_server(
             "127.0.0.1", port, self._wsgi, threaded=True, request_handler=_Handler
         )
