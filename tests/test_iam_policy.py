@@ -43,6 +43,11 @@ from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 POLICY = REPO / "deploy" / "iam-policy.json"
+#: The variants for a fleet's two roles (config/fleet-*.yaml): the publishers' hosts and the
+#: invalidators' hosts each get only what their role calls.
+PUBLISHER_POLICY = REPO / "deploy" / "iam-policy-fleet-publisher.json"
+INVALIDATOR_POLICY = REPO / "deploy" / "iam-policy-fleet-invalidator.json"
+FLEET_QUEUE = "invalidatord.fifo"
 #: The values the shipped policy uses (those of config/example.yaml); the run uses the same
 #: account, region, queue and bucket, and the emulator's distribution id.
 ACCOUNT = "123456789012"
@@ -217,8 +222,8 @@ def proxy(cloudfront: CloudFrontEmulator) -> Iterator[RecordingProxy]:
 # ---- the policy --------------------------------------------------------------------------------
 
 
-def load_policy(distribution_id: str) -> list[dict[str, Any]]:
-    text = POLICY.read_text().replace(EXAMPLE_DISTRIBUTION, distribution_id)
+def load_policy(distribution_id: str, path: Path = POLICY) -> list[dict[str, Any]]:
+    text = path.read_text().replace(EXAMPLE_DISTRIBUTION, distribution_id)
     statements: list[dict[str, Any]] = json.loads(text)["Statement"]
     return statements
 
@@ -247,9 +252,12 @@ def granted_actions(statements: list[dict[str, Any]]) -> set[str]:
     return {a for s in statements if s["Effect"] == "Allow" for a in _listed(s["Action"])}
 
 
-def test_the_policy_is_narrow() -> None:
+@pytest.mark.parametrize(
+    "path", [POLICY, PUBLISHER_POLICY, INVALIDATOR_POLICY], ids=lambda p: p.name
+)
+def test_the_policy_is_narrow(path: Path) -> None:
     """No wildcard action or resource, no Deny needed, every statement explained by its Sid."""
-    for statement in load_policy(EXAMPLE_DISTRIBUTION):
+    for statement in load_policy(EXAMPLE_DISTRIBUTION, path):
         assert statement["Effect"] == "Allow"
         assert statement["Sid"]
         for action in _listed(statement["Action"]):
@@ -270,15 +278,22 @@ def test_every_aws_call_in_the_code_is_granted() -> None:
         for service in SERVICES
     }
     called: set[str] = set()
+    fleet: set[str] = set()
     for source in (REPO / "invalidatord").rglob("*.py"):
         if "testing" in source.relative_to(REPO / "invalidatord").parts:
             continue  # the test doubles' own set-up (CreateDistribution), never the daemon
         for method in re.findall(r"\b_?client\.(\w+)\(", source.read_text()):
             for service, names in operations.items():
                 if method in names:
-                    called.add(iam_action(service, names[method]))
+                    # a fleet's calls are granted by the fleet variants
+                    into = fleet if source.name == "fleet.py" else called
+                    into.add(iam_action(service, names[method]))
     assert {"cloudfront:CreateInvalidation", "sqs:ReceiveMessage", "s3:ListBucket"} <= called
     assert called <= granted_actions(load_policy(EXAMPLE_DISTRIBUTION)), called
+    assert {"sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage"} <= fleet
+    variants = granted_actions(load_policy(EXAMPLE_DISTRIBUTION, PUBLISHER_POLICY))
+    variants |= granted_actions(load_policy(EXAMPLE_DISTRIBUTION, INVALIDATOR_POLICY))
+    assert fleet <= variants, fleet
 
 
 # ---- the run -----------------------------------------------------------------------------------
@@ -382,3 +397,72 @@ def test_a_full_run_calls_exactly_what_the_policy_grants(
     # the proxy saw what the emulator saw: nothing reached CloudFront another way
     cloudfront_ops = {r.op for r in cloudfront.requests}
     assert cloudfront_ops == {c.operation for c in role if c.service == "cloudfront"}
+
+
+PUBLISHER_KEY = "AKIAIAMTESTPUBLISHER"
+INVALIDATOR_KEY = "AKIAIAMTESTINVALIDAT"
+
+
+def test_a_fleet_run_calls_exactly_what_each_role_variant_grants(
+    tmp_path: Path, cloudfront: CloudFrontEmulator, proxy: RecordingProxy
+) -> None:
+    """A publisher and an invalidator on the fleet queue, each with its own key: every call of
+    each is allowed by its role's variant of the policy, every grant of a variant was needed,
+    and the publisher never called CloudFront."""
+    sqs = _client("sqs", cloudfront.endpoint_url)
+    queue_url = sqs.create_queue(QueueName=FLEET_QUEUE, Attributes={"FifoQueue": "true"})[
+        "QueueUrl"
+    ]
+    root = tmp_path / "pub" / "www"
+    root.mkdir(parents=True)
+    (root / "index.html").write_text("home")
+    fleet = {"queue_url": queue_url}
+    publisher = write_config(
+        tmp_path / "pub",
+        root=root,
+        endpoint=proxy.url,
+        distribution_id=cloudfront.distribution_id,
+        extra={"fleet": {"role": "publisher", **fleet}},
+    )
+    (tmp_path / "inv").mkdir()
+    invalidator = write_config(
+        tmp_path / "inv",
+        root=tmp_path,
+        endpoint=proxy.url,
+        distribution_id=cloudfront.distribution_id,
+        max_delay="1s",
+        extra={
+            "sources": [],
+            "fleet": {"role": "invalidator", "wait_time": "1s", **fleet},
+        },
+    )
+
+    def env(key: str) -> dict[str, str]:
+        return aws_test_env() | {
+            "AWS_ACCESS_KEY_ID": key,
+            "AWS_SECRET_ACCESS_KEY": "iamtest/fleet/secret/000000000000000000000",
+        }
+
+    with (
+        running_daemon(invalidator, env=env(INVALIDATOR_KEY)) as inv,
+        running_daemon(publisher, env=env(PUBLISHER_KEY)) as pub,
+    ):
+        (root / "page.html").write_text("page")
+        wait_for(
+            lambda: "/page.html" in cloudfront.created_paths(cloudfront.distribution_id),
+            30,
+            what="the publisher's change at CloudFront",
+        )
+        wait_for(lambda: len(inv.find("invalidation_completed")) >= 1, 20, what="a status poll")
+        assert pub.stop(signal.SIGTERM) == 0, pub.transcript()
+        assert inv.stop(signal.SIGTERM) == 0, inv.transcript()
+
+    for key, path in ((PUBLISHER_KEY, PUBLISHER_POLICY), (INVALIDATOR_KEY, INVALIDATOR_POLICY)):
+        calls = [c for c in proxy.calls if c.access_key == key]
+        statements = load_policy(cloudfront.distribution_id, path)
+        denied = sorted(
+            {(c.action, c.resource) for c in calls if not allowed(statements, c.action, c.resource)}
+        )
+        assert denied == [], path.name
+        assert {c.action for c in calls} == granted_actions(statements), path.name
+    assert not [c for c in proxy.calls if c.access_key == PUBLISHER_KEY and c.service != "sqs"]
