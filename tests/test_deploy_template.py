@@ -5,6 +5,7 @@ a batch, partial batch responses, a role that can do what the handler does and n
 from __future__ import annotations
 
 import importlib
+import json
 import shutil
 import subprocess
 import sys
@@ -173,3 +174,39 @@ def test_the_bucket_notifies_the_queue_which_accepts_only_that_bucket(
         "ArnLike": {"aws:SourceArn": {"Fn::Sub": "arn:${AWS::Partition}:s3:::${BucketName}"}},
         "StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}},
     }
+
+
+def test_the_fleet_queue_is_fifo_with_a_fifo_dead_letter_queue(template: dict[str, Any]) -> None:
+    """With CreateFleetQueue, a FIFO queue (explicit deduplication ids, no content-based
+    deduplication) redrives to a FIFO dead-letter queue, and the publisher and invalidator
+    policies grant the same actions as deploy/iam-policy-fleet-*.json, on that queue."""
+    res = template["Resources"]
+    queue, dlq = res["FleetQueue"], res["FleetDeadLetterQueue"]
+    assert queue["Condition"] == dlq["Condition"] == "MakeFleet"
+    props = queue["Properties"]
+    assert props["FifoQueue"] is True
+    assert dlq["Properties"]["FifoQueue"] is True
+    assert props["ContentBasedDeduplication"] is False
+    assert props["QueueName"]["Fn::Sub"].endswith(".fifo")
+    assert dlq["Properties"]["QueueName"]["Fn::Sub"].endswith(".fifo")
+    assert props["RedrivePolicy"] == {
+        "deadLetterTargetArn": {"Fn::GetAtt": ["FleetDeadLetterQueue", "Arn"]},
+        "maxReceiveCount": {"Ref": "MaxReceiveCount"},
+    }
+    deploy = TEMPLATE.parent
+    for name, file in (
+        ("FleetPublisherPolicy", "iam-policy-fleet-publisher.json"),
+        ("FleetInvalidatorPolicy", "iam-policy-fleet-invalidator.json"),
+    ):
+        statements = res[name]["Properties"]["PolicyDocument"]["Statement"]
+        shipped = json.loads((deploy / file).read_text())["Statement"]
+
+        def actions(stmts: list[dict[str, Any]]) -> set[str]:
+            out: set[str] = set()
+            for s in stmts:
+                out |= {s["Action"]} if isinstance(s["Action"], str) else set(s["Action"])
+            return out
+
+        assert actions(statements) == actions(shipped), name
+        sqs = [s for s in statements if str(s["Action"]).find("sqs:") >= 0]
+        assert all(s["Resource"] == {"Fn::GetAtt": ["FleetQueue", "Arn"]} for s in sqs)
