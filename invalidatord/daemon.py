@@ -13,10 +13,13 @@ Start-up order (each step only once the previous one holds):
   5. pipeline, submitter and scheduled jobs (status poll, reconcile, CloudFront probe,
      safety-net rescans, gauges) started;
   6. READY=1 (and from then on WATCHDOG=1 from the pipeline loop).
+A fleet (`fleet:`) changes two steps: a publisher has no preflight and no submitter (it never
+calls CloudFront; its pipeline accepts into the journal's outbox and the fleet publisher sends
+that to SQS); an invalidator starts the fleet consumer right after its sources (step 4).
 
 Shutdown order (SIGTERM/SIGINT), stated because it is what makes "nothing lost" true:
   1. STOPPING=1, health 503;
-  2. sources stopped, so nothing new arrives;
+  2. sources (and an invalidator's fleet consumer) stopped, so nothing new arrives;
   3. scheduler stopped (waiting for a job still running), since it produces work too: a
      safety-net rescan must not reach a stopped pipeline, nor a status poll run beside the
      drain;
@@ -25,6 +28,8 @@ Shutdown order (SIGTERM/SIGINT), stated because it is what makes "nothing lost" 
      running at the deadline is abandoned: its batch is journaled with its CallerReference, so
      the next start resubmits it without creating a second invalidation); the rest stays
      journaled;
+  5b. a fleet publisher sends what is in its outbox, bounded by `shutdown_timeout`; the rest
+     stays in the outbox for the next start;
   6. health endpoint, journal closed.
 
 Threads and processes, what each owns (is the only writer of), and how each stops:
@@ -51,6 +56,10 @@ Threads and processes, what each owns (is the only writer of), and how each stop
   scheduler and its    nothing: jobs only ask               scheduler.shutdown(wait=True),
     2 job threads      (`Submitter.request`, a RESCAN       right after the sources
                        change, a status tick)
+  fleet-publisher      sends the outbox; removes what SQS    publisher.stop() joins it, then
+    (role publisher)   accepted (journal writes)             drains within shutdown_timeout
+  fleet-consumer       messages received and not yet         consumer.stop() joins it (up to
+    (role invalidator) deleted; queues their paths           wait_time + 5 s), with the sources
   http (one a request) nothing: reads a `StatusReport`      close() at stop
 
   The journal is shared: SQLite in WAL mode, writes serialised by the journal's own lock,
