@@ -509,6 +509,22 @@ def _invalidate(
     started = time.monotonic()
     journal = open_journal(cfg)
     queued = time.time()
+    if cfg.fleet is not None and cfg.fleet.role == "publisher":
+        # A publisher never calls CloudFront: the fleet's invalidator submits them. Each manual
+        # request is its own version, so neither SQS nor the invalidator drops a repeat of it.
+        version = f"manual:{queued!r}"
+        try:
+            journal.accept(
+                (Accepted(d, p, queued, "manual", version) for d in targets for p in paths),
+                outbox=True,
+            )
+        finally:
+            journal.close()
+        print(
+            f"queued {len(paths)} path(s) on {', '.join(targets)} in the fleet outbox; "
+            f"the publisher sends them to {cfg.fleet.queue_url} (at once if it is running)"
+        )
+        return EXIT_OK
     journal.accept(Accepted(d, p, queued, "manual") for d in targets for p in paths)
     print(f"queued {len(paths)} path(s) on {', '.join(targets)}")
     lock = StateLock(Path(cfg.state_dir))

@@ -301,6 +301,8 @@ class Daemon:
     def preflight(self) -> None:
         """Ask each distribution a cheap ListInvalidations. AccessProblem (denied, no such
         distribution) raises, naming the distribution; an outage is logged and not fatal."""
+        if self.role == "publisher":
+            return  # a fleet publisher never calls CloudFront
         for name, dist in self.cfg.distributions.items():
             try:
                 self.cloudfront.check_distribution(dist.id)

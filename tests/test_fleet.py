@@ -174,3 +174,27 @@ def test_sqs_double_outage_refuses_every_call(
         sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
     cloudfront.sqs.outage = False
     assert sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+
+
+def test_manual_invalidate_on_a_publisher_goes_to_the_outbox(tmp_path: Path) -> None:
+    """`invalidatord invalidate` on a publisher queues the paths in the fleet outbox (for the
+    invalidator to submit) and calls nothing: the endpoint given does not even exist."""
+    from tests.harness import write_config
+    from tests.test_cli import cli
+
+    (tmp_path / "www").mkdir()
+    config = write_config(
+        tmp_path,
+        root=tmp_path / "www",
+        endpoint="http://127.0.0.1:9",  # nothing listens: any AWS call would fail
+        distribution_id="E2EXAMPLE12345",
+        extra={"fleet": {"role": "publisher", "queue_url": "https://sqs.example/1/q.fifo"}},
+    )
+    result = cli("invalidate", "-c", str(config), "/a b.html", "/img/*")
+    assert result.returncode == 0, result.stderr
+    assert "in the fleet outbox" in result.stdout
+    journal = Journal(tmp_path / "state" / "journal.sqlite")
+    entries = journal.outbox_peek(10)
+    assert [e.path for e in entries] == ["/a%20b.html", "/img/*"]
+    assert all(e.fingerprint.startswith("manual:") for e in entries)
+    assert journal.pending_count() == 0
