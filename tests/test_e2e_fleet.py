@@ -19,7 +19,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from invalidatord.emulator import CloudFrontEmulator
+from invalidatord.testing.cloudfront import CloudFrontEmulator
 from tests.harness import DaemonProcess, Daemons, emulator_config, make_site
 from tests.waiting import wait_for
 

@@ -9,10 +9,10 @@ from typing import Any
 import boto3
 import pytest
 
-from invalidatord.emulator import CloudFrontEmulator
 from invalidatord.fleet import decode, dedup_id, encode
 from invalidatord.journal import Accepted, FleetItem, Journal, OutboxEntry
 from invalidatord.model import FileStat, fingerprint
+from invalidatord.testing.cloudfront import CloudFrontEmulator
 
 
 class Clock:
