@@ -198,3 +198,34 @@ def test_manual_invalidate_on_a_publisher_goes_to_the_outbox(tmp_path: Path) -> 
     assert [e.path for e in entries] == ["/a%20b.html", "/img/*"]
     assert all(e.fingerprint.startswith("manual:") for e in entries)
     assert journal.pending_count() == 0
+
+
+def test_sqs_double_lets_one_of_two_concurrent_sends_of_an_id_through(
+    cloudfront: CloudFrontEmulator, fifo: tuple[Any, str]
+) -> None:
+    """Hosts sending the same deduplication ids at the same moment: each id is delivered once."""
+    import threading
+
+    sqs, url = fifo
+    entries = [
+        {
+            "Id": str(i),
+            "MessageBody": f"m{i}",
+            "MessageGroupId": "g",
+            "MessageDeduplicationId": f"d{i}",
+        }
+        for i in range(10)
+    ]
+    start = threading.Barrier(4)
+
+    def send() -> None:
+        start.wait()
+        sqs.send_message_batch(QueueUrl=url, Entries=entries)
+
+    threads = [threading.Thread(target=send) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(cloudfront.sqs.delivered()) == 10
+    assert sum(1 for e in cloudfront.sqs.sends if e.duplicate) == 30

@@ -51,6 +51,9 @@ class SqsFifoDouble:
         self._clock = clock
         self._offset = 0.0
         self._lock = threading.Lock()
+        # Sends run one at a time, from the check of their ids to recording them: two hosts
+        # sending the same id at once must not both get through (SQS decides atomically).
+        self._send_lock = threading.Lock()
         # (queue name, deduplication id) -> (sent at, message id, MD5 of the body)
         self._seen: dict[tuple[str, str], tuple[float, str, str]] = {}
         self._app: Any = None
@@ -96,9 +99,10 @@ class SqsFifoDouble:
             return self._forward(environ, start_response, raw)
         if not queue.endswith(".fifo"):
             return self._forward(environ, start_response, raw)
-        if op == "SendMessage":
-            return self._send_one(environ, start_response, raw, request, queue)
-        return self._send_batch(environ, start_response, request, queue)
+        with self._send_lock:
+            if op == "SendMessage":
+                return self._send_one(environ, start_response, raw, request, queue)
+            return self._send_batch(environ, start_response, request, queue)
 
     # -- internals ----------------------------------------------------------------------------
 
