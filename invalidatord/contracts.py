@@ -7,7 +7,7 @@ in `invalidatord.cloudfront` (boto3, dry run), wrapped for health by `invalidato
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from invalidatord.model import Change, FileStat, Invalidation
 
@@ -42,6 +42,17 @@ class Source(Protocol):
     def acknowledge(self, receipts: Sequence[str]) -> None:
         """Called after the changes carrying these receipts are committed to the journal.
         Sources without receipts ignore it."""
+        ...
+
+
+@runtime_checkable
+class Fenced(Protocol):
+    """A source whose deploys can say "not yet" (`sources[].hold_while` markers)."""
+
+    def holding(self) -> str | None:
+        """The marker that exists now (a deploy or `git checkout` is under way), or None.
+        Cheap (a few lstat calls): the pipeline asks when a batch's quiet window ends and
+        about once a second while it holds one."""
         ...
 
 

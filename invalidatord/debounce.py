@@ -151,24 +151,35 @@ class Debouncer:
         for change in changes:
             self.add(change, now)
 
-    def next_due(self) -> float | None:
+    def next_due(self, held: bool = False) -> float | None:
         """The monotonic time from which `due()` is true, None while nothing is pending.
 
         When the pending cap is reached the batch is due already, and this is the time of the
-        newest add (at or before any `now` the caller has passed in).
+        newest add (at or before any `now` the caller has passed in). `held`: a deploy is under
+        way, so the quiet window does not count; only `max_delay` (and the cap) do.
         """
         if not self._pending:
             return None
         if len(self._pending) >= self._max_pending:
             return self._last_add
-        return min(self._last_add + self._quiet, self._first_add + self._max_delay)
+        bound = self._first_add + self._max_delay
+        if held:
+            return bound
+        return min(self._last_add + self._quiet, bound)
 
-    def due(self, now: float) -> bool:
-        """Whether the pending changes should be flushed at monotonic time `now`."""
-        deadline = self.next_due()
+    def due(self, now: float, held: bool = False) -> bool:
+        """Whether the pending changes should be flushed at monotonic time `now` (`held` as
+        for `next_due`)."""
+        deadline = self.next_due(held)
         # comparing against the deadline (not `now - last_add >= quiet`) keeps `due` and
         # `next_due` exactly consistent under float rounding
         return deadline is not None and now >= deadline
+
+    def quiet_due(self, now: float) -> bool:
+        """Whether the quiet window has passed at `now` but `max_delay` has not: the only case
+        in which holding the batch changes anything (so the caller looks for its deploy
+        markers only then)."""
+        return self.due(now) and not self.due(now, held=True)
 
     def flush(self) -> Flush:
         """Hand over everything pending and start empty; an empty debouncer flushes empty."""

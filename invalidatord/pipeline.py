@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import structlog
 
 from invalidatord import catchup
-from invalidatord.contracts import Source, TreeScanner
+from invalidatord.contracts import Fenced, Source, TreeScanner
 from invalidatord.debounce import Coalesced, Debouncer, Flush
 from invalidatord.errors import InvalidatordError
 from invalidatord.journal import Accepted, Journal
@@ -102,6 +102,15 @@ class Pipeline:
             name: Debouncer(debounce.quiet, debounce.max_delay, debounce.max_pending)
             for name in self._sources
         }
+        # Deploy fences: a source's batch is held (bounded by max_delay) while one of its
+        # markers exists, so a deploy slower than the quiet window still goes as one batch.
+        self._fences = {
+            name: source.holding
+            for name, source in self._sources.items()
+            if isinstance(source, Fenced)
+        }
+        #: source -> (marker, monotonic time the hold began) while its batch is held
+        self._holds: dict[str, tuple[str, float]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # receipts of flushes whose commit failed: acknowledged with the next successful one
@@ -162,8 +171,13 @@ class Pipeline:
     def _wait_time(self) -> float:
         if any(self._unprepared.values()):
             return 0.0
+        holds = self._holds
+        # a held batch is looked at again within a second, to release it soon after its
+        # marker goes (a marker under an ignored directory, .git/index.lock, sends no event)
         dues = [
-            d.next_due() if not self._holding(name) else self._monotonic() + _HOLD_RECHECK
+            d.next_due(name in holds)
+            if not self._holding(name)
+            else self._monotonic() + _HOLD_RECHECK
             for name, d in self._debouncers.items()
         ]
         soonest = min((t for t in dues if t is not None), default=None)
@@ -201,11 +215,43 @@ class Pipeline:
         now = self._monotonic()
         flushed = False
         for name, debouncer in self._debouncers.items():
-            if debouncer.due(now) and not self._holding(name):
+            if (
+                debouncer.due(now)
+                and not self._holding(name)
+                and not self._held(name, debouncer, now)
+            ):
                 self._accept(name, debouncer.flush())
                 flushed = True
         if not flushed:
             self._prepare_some()
+
+    def _held(self, name: str, debouncer: Debouncer, now: float) -> bool:
+        """Whether the due batch of `name` waits for a deploy to finish; logs when a hold
+        begins and ends. Markers are looked for only between the quiet window and max_delay."""
+        fence = self._fences.get(name)
+        marker = fence() if fence is not None and debouncer.quiet_due(now) else None
+        hold = self._holds.get(name)
+        if marker is not None:
+            if hold is None:
+                self._holds[name] = (marker, now)
+                log.info("batch_held", source=name, marker=marker, changes=len(debouncer))
+            return True
+        if hold is not None:
+            del self._holds[name]
+            held_for = round(now - hold[1], 3)
+            if debouncer.due(now, held=True) and fence is not None and fence() is not None:
+                # still there at max_delay: a deploy that failed (or forgot) to remove it
+                log.warning(
+                    "batch_hold_expired",
+                    source=name,
+                    marker=hold[0],
+                    held_seconds=held_for,
+                    max_delay=debouncer.max_delay,
+                    changes=len(debouncer),
+                )
+            else:
+                log.info("batch_released", source=name, marker=hold[0], held_seconds=held_for)
+        return False
 
     def _prepare_some(self) -> None:
         for source, waiting in self._unprepared.items():

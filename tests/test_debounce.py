@@ -328,3 +328,50 @@ def test_property_next_due_is_where_due_turns_true(
     assert d.due(deadline)
     t = now + probe
     assert d.due(t) == (t >= deadline)
+
+
+# ---- holding a batch while a deploy is under way -------------------------------------------
+
+
+def test_held_batch_waits_past_quiet_until_max_delay() -> None:
+    """Held, a batch is not due when its quiet window ends, only at first add + max_delay."""
+    d = Debouncer(quiet=2, max_delay=30)
+    d.add(ch("a.html"), now=10.0)
+    assert d.due(12.0)
+    assert not d.due(12.0, held=True)
+    assert d.next_due(held=True) == 40.0
+    assert not d.due(39.999, held=True)
+    assert d.due(40.0, held=True)
+
+
+def test_quiet_due_is_true_only_between_quiet_and_max_delay() -> None:
+    """quiet_due says when a hold matters: after the quiet window, before max_delay."""
+    d = Debouncer(quiet=2, max_delay=30)
+    assert not d.quiet_due(0.0)
+    d.add(ch("a.html"), now=10.0)
+    assert not d.quiet_due(11.0)
+    assert d.quiet_due(12.0)
+    assert d.quiet_due(39.0)
+    assert not d.quiet_due(40.0)
+
+
+def test_hold_released_flushes_at_once_when_quiet_has_passed() -> None:
+    """A deploy spread over 20 s, held: due at no point while held; once the hold ends (the
+    marker is removed) the whole deploy is due together, as one flush."""
+    d = Debouncer(quiet=2, max_delay=30)
+    for i in range(20):
+        t = 100.0 + i
+        d.add(ch(f"p{i}.html"), now=t)
+        assert not d.due(t + 0.1, held=True)
+    # 5 s of silence while the marker still exists: still held
+    assert not d.due(125.0, held=True)
+    assert d.due(125.0)  # released: the quiet window passed long ago
+    assert len(d.flush()) == 20
+
+
+def test_held_batch_still_flushes_at_the_pending_cap() -> None:
+    """The pending cap bounds memory, so it wins over a hold too."""
+    d = Debouncer(quiet=2, max_delay=30, max_pending=3)
+    for i, t in enumerate((1.0, 2.0, 3.0)):
+        d.add(ch(f"p{i}"), now=t)
+    assert d.due(3.0, held=True)
