@@ -168,6 +168,17 @@ def compile_gitignore(pattern: str) -> pathspec.GitIgnoreSpec:
     return spec
 
 
+def check_marker(marker: str) -> str:
+    """A `hold_while` entry: a plain path relative to the root (looked up, not matched)."""
+    if not marker.strip("/"):
+        raise ValueError("empty marker path")
+    if marker.startswith("/"):
+        raise ValueError(f"must be relative to the root, got {marker!r}")
+    if any(p in ("", ".", "..") for p in marker.rstrip("/").split("/")):
+        raise ValueError(f"must be a plain path under the root (no ., .. or //), got {marker!r}")
+    return marker
+
+
 def check_match(pattern: str) -> str:
     try:
         compile_match(pattern)

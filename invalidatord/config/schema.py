@@ -36,6 +36,7 @@ from invalidatord.config.fields import (
     Loc,
     StrictInt,
     check_ignore_pattern,
+    check_marker,
     check_match,
     check_not_empty,
     check_positive,
@@ -173,6 +174,8 @@ class FilesystemSourceConfig(_SourceModel):
     #: what makes a file changed: its size, mtime or inode ("mtime"), or its bytes
     #: ("content": hashed with XXH3-128, read once per change; README says what it costs)
     compare: Literal["mtime", "content"] = "content"
+    #: deploy markers relative to root: while one exists the batch is held (max_delay at most)
+    hold_while: list[Annotated[str, AfterValidator(check_marker)]] = Field(default_factory=list)
 
     @field_validator("root")
     @classmethod

@@ -48,7 +48,7 @@ from invalidatord.contracts import ChangeSink
 from invalidatord.errors import SourceError
 from invalidatord.model import DEFAULT_IGNORE, Change, ChangeKind, FileStat
 from invalidatord.sources.content import Hashed, file_digest
-from invalidatord.sources.ignore import matchers
+from invalidatord.sources.ignore import GIT_LOCK, matchers, with_fences
 from invalidatord.sources.watcher import (
     OVERFLOW_LOGGER,
     OVERFLOW_MESSAGE,
@@ -140,8 +140,11 @@ class FilesystemSource(WatchEvents):
         root_wait: float = ROOT_WAIT,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
+        hold_while: Sequence[str] = (),
     ) -> None:
-        """`metrics`: where its overflows and watcher restarts are counted as they happen."""
+        """`metrics`: where its overflows and watcher restarts are counted as they happen.
+        `hold_while`: deploy markers, relative to the root (`holding` says which exists);
+        `.git/index.lock` is always one. Markers are ignored: never a change."""
         # watcher, poll_interval and each ignore pattern are checked by the config
         # (FilesystemSourceConfig), the one place that names the key and line of a bad value.
         self.name = name
@@ -149,7 +152,12 @@ class FilesystemSource(WatchEvents):
         self.watcher = watcher
         self.poll_interval = poll_interval
         self.separate_process = separate_process
-        self.ignore = tuple(ignore)
+        self.ignore = with_fences(ignore, hold_while)
+        #: deploy markers relative to the root, `.git/index.lock` last
+        self.hold_while = (
+            *dict.fromkeys(m.strip("/") for m in hold_while if m.strip("/")),
+            GIT_LOCK,
+        )
         #: "content": a file is changed only when its bytes are (see `digest`).
         self.compare = compare
         #: files and bytes read to hash them since construction.
@@ -288,6 +296,15 @@ class FilesystemSource(WatchEvents):
         """The last swap of the root, for its log line: the root now, the one before, and
         the configured path when it is a symlink."""
         return dict(self._last_swap)
+
+    def holding(self) -> str | None:
+        """The first deploy marker that exists now (relative to the root), or None. A
+        dangling symlink counts: it exists as a marker."""
+        prefix = self._root_prefix
+        for marker in self.hold_while:
+            if os.path.lexists(prefix + marker):
+                return marker
+        return None
 
     @property
     def watcher_pid(self) -> int | None:

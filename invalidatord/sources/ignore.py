@@ -3,13 +3,33 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pathspec
 
-__all__ = ["Match", "deciding_pattern", "matchers"]
+__all__ = ["GIT_LOCK", "Match", "deciding_pattern", "fence_patterns", "matchers", "with_fences"]
 
 Match = Callable[[str], bool]
+
+#: Held on by every source: `git checkout`/`pull`/`reset` hold it while they rewrite the tree.
+GIT_LOCK = ".git/index.lock"
+
+_GLOB_SPECIALS = re.compile(r"([*?\[\]\\!#])")
+
+
+def fence_patterns(hold_while: Sequence[str]) -> tuple[str, ...]:
+    """Ignore patterns matching exactly the deploy markers (`hold_while`, relative to the
+    root, plus `.git/index.lock`): a marker is never invalidated nor indexed, and its
+    creation and removal are no change of the site."""
+    markers = dict.fromkeys([*(m.strip("/") for m in hold_while), GIT_LOCK])
+    # anchored (leading "/") and with glob characters escaped: the marker's own path only
+    return tuple("/" + _GLOB_SPECIALS.sub(r"\\\1", m) for m in markers if m)
+
+
+def with_fences(ignore: Sequence[str], hold_while: Sequence[str]) -> tuple[str, ...]:
+    """The ignore list a source watches and scans with: the configured one, then the
+    markers (last, so that no negation in `ignore` brings a marker back)."""
+    return (*ignore, *fence_patterns(hold_while))
 
 
 def matchers(

@@ -68,16 +68,20 @@ def _filesystem(scfg: FilesystemSourceConfig, ctx: BuildContext) -> Source:
         separate_process=scfg.watcher_process,
         compare=scfg.compare,
         metrics=ctx.metrics,
+        hold_while=scfg.hold_while,
     )
 
 
 def _prespawn_filesystem(scfg: FilesystemSourceConfig) -> None:
     if not scfg.watcher_process:
         return
+    from invalidatord.sources.ignore import with_fences
     from invalidatord.sources.watcher import WatchSettings, prespawn
 
     root = os.path.realpath(scfg.root)
-    prespawn(WatchSettings(scfg.name, root, tuple(scfg.ignore), scfg.watcher, scfg.poll_interval))
+    # the same ignore list as the source's own (equal settings: the child is adopted)
+    ignore = with_fences(scfg.ignore, scfg.hold_while)
+    prespawn(WatchSettings(scfg.name, root, ignore, scfg.watcher, scfg.poll_interval))
 
 
 def _sqs(scfg: SqsSourceConfig, ctx: BuildContext) -> Source:
