@@ -219,8 +219,8 @@ CASES: list[tuple[str, str, list[str]]] = [
         VALID + "    watch: inotify\n",
         [
             "config.yaml:8: sources[0].watch: unknown key 'watch' (expected one of: name, type, "
-            "root, ignore, watcher, poll_interval, watcher_process, rescan_interval, compare); "
-            "did you mean 'watcher'?"
+            "root, ignore, watcher, poll_interval, watcher_process, rescan_interval, compare, "
+            "hold_while); did you mean 'watcher'?"
         ],
     ),
     (
@@ -358,6 +358,15 @@ CASES: list[tuple[str, str, list[str]]] = [
         VALID
         + "  - name: q\n    type: sqs\n    queue_url: http://127.0.0.1:1/q\n    receivers: 0\n",
         ["config.yaml:11: sources[1].receivers: must be between 1 and 10, got 0"],
+    ),
+    (
+        "hold_while marker outside the root",
+        VALID + "    hold_while: [.deploying, ../elsewhere, /abs]\n",
+        [
+            "config.yaml:8: sources[0].hold_while[1]: must be a plain path under the root "
+            "(no ., .. or //), got '../elsewhere'",
+            "config.yaml:8: sources[0].hold_while[2]: must be relative to the root, got '/abs'",
+        ],
     ),
     (
         "filesystem poll interval of zero",
@@ -729,7 +738,8 @@ def test_source_configs_describe_every_setting(workdir: Path) -> None:
     fs, sqs, poll = load_config_text(text, base_dir=workdir).sources
     assert fs.describe() == (
         f"docroot (filesystem): {workdir / 'site'}; ignore: [*.tmp], watcher: polling, "
-        "poll_interval: 5s, watcher_process: true, rescan_interval: null, compare: content"
+        "poll_interval: 5s, watcher_process: true, rescan_interval: null, compare: content, "
+        "hold_while: []"
     )
     assert sqs.describe() == (
         'q (sqs): http://127.0.0.1:1/q; bucket: null, prefix: "", wait_time: 20s, '

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from invalidatord.emulator import CloudFrontEmulator
+from invalidatord.testing.cloudfront import CloudFrontEmulator
 from tests.harness import emulator_config, make_site, received, running_daemon
 from tests.waiting import wait_for
 
