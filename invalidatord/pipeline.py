@@ -111,6 +111,8 @@ class Pipeline:
         }
         #: source -> (marker, monotonic time the hold began) while its batch is held
         self._holds: dict[str, tuple[str, float]] = {}
+        #: sources whose whole tree has been rescanned at least once by this pipeline
+        self._rescanned: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # receipts of flushes whose commit failed: acknowledged with the next successful one
@@ -559,4 +561,10 @@ class Pipeline:
             swapped = getattr(scanner, "swap", None)
             log.info("root_swapped", **fields, **(swapped() if callable(swapped) else {}))
         else:
-            log.info("rescan_done", prefix=rescan.path, changes=len(found), **fields)
+            # `watcher: polling` rescans the root every poll_interval: after the first, a line
+            # per poll that finds nothing would drown the log
+            quiet = not found and not rescan.path and source in self._rescanned
+            self._rescanned.add(source)
+            (log.debug if quiet else log.info)(
+                "rescan_done", prefix=rescan.path, changes=len(found), **fields
+            )

@@ -1,9 +1,13 @@
-"""The filesystem source: watchdog (inotify, or polling) on a document root, and tree scans.
+"""The filesystem source: watchdog's inotify (or polling) on a document root, and tree scans.
+
+With `watcher: polling` (NFS/EFS, overlay filesystems: inotify does not see writes made by
+other hosts) the source delivers only a RESCAN of "" every `poll_interval`; the pipeline diffs
+the tree against the catch-up index, streaming both, and so finds the changes below.
 
 What it delivers, on watchdog's threads, through the sink (paths relative to the root, POSIX,
 names that are not UTF-8 decoded with surrogateescape as `os.fsdecode` does):
 
-- a file created -> CREATED; closed after writing -> MODIFIED (polling: modified -> MODIFIED);
+- a file created -> CREATED; closed after writing -> MODIFIED;
   deleted or moved out of the tree -> DELETED; moved in -> CREATED;
 - a file moved inside the tree -> MOVED for the source and MOVED for the destination, each
   end checked against the ignore list on its own (rsync's ignored `.page.html.Ab12Cd` renamed

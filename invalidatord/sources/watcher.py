@@ -59,7 +59,6 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers.api import BaseObserver
-from watchdog.observers.polling import PollingObserver
 from watchdog.utils import UnsupportedLibcError
 
 from invalidatord.errors import SourceError
@@ -88,8 +87,6 @@ _INOTIFY_EVENTS: list[type[FileSystemEvent]] = [
     DirMovedEvent,
     DirDeletedEvent,
 ]
-# The polling observer compares snapshots: "modified" is its only signal of a content change.
-_POLLING_EVENTS: list[type[FileSystemEvent]] = [*_INOTIFY_EVENTS, FileModifiedEvent]
 
 _FILE_KINDS: dict[type[FileSystemEvent], ChangeKind] = {
     FileCreatedEvent: ChangeKind.CREATED,
@@ -164,12 +161,12 @@ class Watch:
         self.kind = ""
         self.delivering = False
         self.reader_ident: int | None = None
-        self._observer: BaseObserver | None = None
+        self._observer: BaseObserver | _Poller | None = None
 
     def start(self) -> str:
         """Start watching; returns "inotify" or "polling". Raises `SourceError`."""
         _quiet_rewatch_warning()
-        observer: BaseObserver | None = None
+        observer: BaseObserver | _Poller | None = None
         if self.watcher != "polling":
             try:
                 observer = self._start_inotify()
@@ -202,6 +199,8 @@ class Watch:
         observer = self._observer
         if observer is None or not observer.is_alive():
             return False
+        if isinstance(observer, _Poller):
+            return True
         emitters = list(observer.emitters)
         return bool(emitters) and all(emitter.is_alive() for emitter in emitters)
 
@@ -237,21 +236,44 @@ class Watch:
         self.kind = "inotify"
         return observer
 
-    def _start_polling(self) -> BaseObserver:
-        observer = PollingObserver(timeout=self.poll_interval)
-        self.delivering = True
+    def _start_polling(self) -> _Poller:
+        # No watchdog PollingObserver: it keeps a snapshot of the whole tree in memory (and
+        # builds a second one per poll). Each poll is a RESCAN of the root instead, which the
+        # pipeline answers with the catch-up's streaming diff of the tree against the index
+        # (`FilesystemSource.scan` merged with the journal's `index_iter`): memory is one
+        # directory listing per level, and what a poll finds is exactly what the catch-up
+        # would find.
         try:
-            observer.schedule(
-                _Handler(self), self.root, recursive=True, event_filter=_POLLING_EVENTS
-            )
-            observer.start()  # takes the first snapshot before returning
+            with os.scandir(self.root):
+                pass
         except OSError as exc:
-            self.delivering = False
-            _shutdown(observer)
             raise SourceError(self.name, f"cannot poll {self.root}: {describe(exc)}") from exc
+        self.delivering = True
+        poller = _Poller(self, self.poll_interval)
+        poller.start()
         self.reader_ident = None
         self.kind = "polling"
-        return observer
+        return poller
+
+
+class _Poller(threading.Thread):
+    """`watcher: polling`: asks for a rescan of the whole root every `interval` seconds. A
+    poll still running when the next is due coalesces with it (the debouncer keys a rescan
+    by its prefix), so a slow filesystem is polled back to back, never in parallel."""
+
+    def __init__(self, watch: Watch, interval: float) -> None:
+        super().__init__(name=f"poll-{watch.name}", daemon=True)
+        self._watch = watch
+        self._interval = interval
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self._interval):
+            if self._watch.delivering:
+                self._watch.events.change("", ChangeKind.RESCAN)
+
+    def stop(self) -> None:
+        self._stopped.set()
 
 
 class _Handler(FileSystemEventHandler):
