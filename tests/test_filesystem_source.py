@@ -31,7 +31,7 @@ from invalidatord.sources.filesystem import (
     FilesystemSource,
 )
 from invalidatord.sources.memory import MemorySource
-from invalidatord.sources.watcher import Watch
+from invalidatord.sources.watcher import Watch, queue_warning
 from tests.harness import Collector
 from tests.waiting import wait_for
 
@@ -934,3 +934,21 @@ def test_memory_source_emits_synchronously_and_only_when_started() -> None:
     assert source.stat("a.html") == FileStat(1, 2, 3)
     source.set_file("a.html", None)
     assert list(source.scan()) == []
+
+
+def test_a_small_kernel_queue_is_named_with_the_value_advised_and_why(tmp_path: Path) -> None:
+    """fs.inotify.max_queued_events below 65,536 gives a warning naming the sysctl, its value,
+    the value advised and why (overflows force full rescans); at 65,536 or unreadable, none."""
+    sysctl = tmp_path / "max_queued_events"
+    sysctl.write_text("16384\n")
+    warning = queue_warning(str(sysctl))
+    assert warning is not None
+    assert (warning["sysctl"], warning["current"], warning["advised"]) == (
+        "fs.inotify.max_queued_events",
+        16384,
+        65536,
+    )
+    assert "rescan of the whole tree" in warning["why"]
+    sysctl.write_text("65536\n")
+    assert queue_warning(str(sysctl)) is None
+    assert queue_warning(str(tmp_path / "absent")) is None

@@ -61,6 +61,7 @@ from invalidatord.sources.watcher import (
     WatchProcess,
     WatchSettings,
     describe,
+    queue_warning,
 )
 
 if TYPE_CHECKING:
@@ -220,6 +221,10 @@ class FilesystemSource(WatchEvents):
             except BaseException:
                 self._delivering = False
                 raise
+            if self.watcher_kind == "inotify":
+                small = queue_warning()
+                if small is not None:
+                    log.warning("inotify_queue_small", source=self.name, **small)
             spawned = getattr(watch, "spawned_ns", 0)
             self.watching_since_ns = min(since, spawned) if spawned else since
             self._monitor_stop.clear()

@@ -102,6 +102,52 @@ OVERFLOW_MESSAGE = "Inotify queue overflowed; filesystem events were lost"
 
 _STOP_TIMEOUT = 10.0
 
+MAX_USER_WATCHES = "/proc/sys/fs/inotify/max_user_watches"
+MAX_QUEUED_EVENTS = "/proc/sys/fs/inotify/max_queued_events"
+#: Below this kernel queue size a deploy of a few thousand files overflows it (every event of
+#: a create is two or three records), and each overflow costs a rescan of the whole tree.
+QUEUE_ADVISED = 65_536
+
+
+def read_sysctl(path: str) -> int | None:
+    """An integer sysctl from /proc/sys, or None where it cannot be read (not Linux)."""
+    try:
+        with open(path, encoding="ascii") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def queue_warning(path: str = MAX_QUEUED_EVENTS) -> dict[str, Any] | None:
+    """The fields of an `inotify_queue_small` warning when fs.inotify.max_queued_events is
+    below `QUEUE_ADVISED`, else None."""
+    current = read_sysctl(path)
+    if current is None or current >= QUEUE_ADVISED:
+        return None
+    return {
+        "sysctl": "fs.inotify.max_queued_events",
+        "current": current,
+        "advised": QUEUE_ADVISED,
+        "why": (
+            "a burst of changes larger than the kernel queue overflows it; each overflow "
+            "forces a rescan of the whole tree (nothing is lost, but a large tree costs a "
+            f"full walk each time): sysctl -w fs.inotify.max_queued_events={QUEUE_ADVISED}"
+        ),
+    }
+
+
+def watch_limit_message(missing: int) -> str:
+    """One line naming the sysctl, its value now and the value needed for `missing` more
+    watches."""
+    current = read_sysctl(MAX_USER_WATCHES)
+    if current is None:
+        return f"inotify watch limit reached: {missing} directories are not watched"
+    return (
+        f"inotify watch limit reached: {missing} directories are not watched; "
+        f"fs.inotify.max_user_watches is {current}, needs at least {current + missing} "
+        f"(sysctl -w fs.inotify.max_user_watches={current + missing})"
+    )
+
 
 @dataclass(frozen=True)
 class WatchSettings:
@@ -223,11 +269,7 @@ class Watch:
             self.reader_ident = getattr(getattr(observer, "_inotify_fd", None), "ident", None)
             missing = _unwatched_directories(observer, self.root)
             if missing:
-                raise OSError(
-                    errno.ENOSPC,
-                    f"inotify watch limit reached: {missing} directories are not watched"
-                    " (raise fs.inotify.max_user_watches)",
-                )
+                raise OSError(errno.ENOSPC, watch_limit_message(missing))
         except BaseException:
             self.delivering = False
             _OVERFLOW_HOOK.remove(self)
