@@ -283,7 +283,7 @@ class FilesystemSource(WatchEvents):
             return "not watching (not started or stopped)"
         if not watch.healthy:
             return f"not watching: the watcher of {self._root_str} stopped"
-        return None
+        return watch.problem  # directories past the inotify watch limit, or None
 
     @property
     def root_missing(self) -> bool:

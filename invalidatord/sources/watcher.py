@@ -20,6 +20,7 @@ hold anything but NUL, exactly like the names the kernel reports.
     S <kind>           watching, with "inotify" or "polling"
     E <message>        could not start (the child then exits)
     H 0|1              health changed (an emitter stops by itself when the root is deleted)
+    P <text>           `Watch.problem` changed (empty: none): directories it cannot watch
 
 The parent asks the child to stop by closing its stdin; the child then stops its observer,
 sends everything the observer had dispatched, and exits. SIGINT/SIGTERM/SIGHUP are ignored in
@@ -208,6 +209,11 @@ class Watch:
         self.delivering = False
         self.reader_ident: int | None = None
         self._observer: BaseObserver | _Poller | None = None
+        # Directories inotify could not watch (ENOSPC, swallowed by watchdog): relative path
+        # of each uncovered top -> unwatched directories counted under it at the last look.
+        self._uncovered: dict[str, int] = {}
+        self._uncovered_lock = threading.Lock()
+        self._coverer: _Coverer | None = None
 
     def start(self) -> str:
         """Start watching; returns "inotify" or "polling". Raises `SourceError`."""
@@ -233,10 +239,93 @@ class Watch:
         if observer is None:
             return
         _OVERFLOW_HOOK.remove(self)
+        coverer, self._coverer = self._coverer, None
+        if coverer is not None:
+            coverer.stop()
+            coverer.join(_STOP_TIMEOUT)
         observer.stop()
         if observer.is_alive():
             observer.join(_STOP_TIMEOUT)
         self.delivering = False
+
+    @property
+    def problem(self) -> str | None:
+        """Why part of the tree is not watched (and how it is covered), or None."""
+        with self._uncovered_lock:
+            uncovered = dict(self._uncovered)
+        if not uncovered:
+            return None
+        missing = sum(uncovered.values()) or len(uncovered)
+        tops = ", ".join(sorted(uncovered)[:3]) + (", ..." if len(uncovered) > 3 else "")
+        current = read_sysctl(MAX_USER_WATCHES)
+        limit = f"fs.inotify.max_user_watches is {current}" if current is not None else "limit"
+        return (
+            f"not fully watching: {missing} directories cannot be watched ({limit}, needs at "
+            f"least {(current or 0) + missing}); {tops} rescanned every "
+            f"{_fmt(self.poll_interval)} until they can be"
+        )
+
+    def directory_arrived(self, rel: str) -> None:
+        """A directory was created or moved in (on watchdog's dispatch thread, after its
+        reader thread tried to watch it): if inotify could not, cover it by rescans."""
+        group = self._watch_group()
+        watched = getattr(group, "_active_callbacks_by_path", None)
+        if not isinstance(watched, dict):
+            return
+        path = self.prefix + rel
+        if os.fsencode(path) in watched or os.path.islink(path) or not os.path.isdir(path):
+            return
+        with self._uncovered_lock:
+            if any(rel.startswith(top + "/") for top in self._uncovered):
+                return  # under a directory already covered
+            self._uncovered[rel] = 0
+            if self._coverer is None:
+                self._coverer = _Coverer(self)
+                self._coverer.start()
+
+    def _watch_group(self) -> Any:
+        observer = self._observer
+        if observer is None or isinstance(observer, _Poller):
+            return None
+        for emitter in list(observer.emitters):
+            group = getattr(emitter, "_inotify", None)
+            if group is not None:
+                return group
+        return None
+
+    def cover(self) -> bool:
+        """One look at the uncovered directories (the coverer's thread): try to watch each
+        again, rescan it, and drop it once wholly watched. Logs one line when directories
+        first cannot be watched and one when all are watched again. False once none is left."""
+        group = self._watch_group()
+        watched = getattr(group, "_active_callbacks_by_path", None)
+        if not isinstance(watched, dict):
+            return False
+        with self._uncovered_lock:
+            tops = list(self._uncovered)
+        for rel in tops:
+            path = self.prefix + rel
+            raw = os.fsencode(path)
+            if os.path.isdir(path):
+                lock = getattr(group, "_lock", None)
+                if lock is not None:
+                    with lock:
+                        if getattr(group, "is_active", False):
+                            with contextlib.suppress(OSError):
+                                group._add_all_callbacks(raw)
+                missing = _unwatched_under(watched, raw)
+            else:
+                missing = 0  # gone: the parent's watch reported the deletion
+            # a rescan either way: what changed while it was not watched (or before its new
+            # watches were added) is found by diffing it against the index
+            self.events.change(rel, ChangeKind.RESCAN)
+            with self._uncovered_lock:
+                if missing:
+                    self._uncovered[rel] = missing
+                else:
+                    self._uncovered.pop(rel, None)
+        with self._uncovered_lock:
+            return bool(self._uncovered)
 
     @property
     def healthy(self) -> bool:
@@ -298,6 +387,70 @@ class Watch:
         return poller
 
 
+class _Coverer(threading.Thread):
+    """Rescans the directories inotify could not watch every `poll_interval` (the first look
+    at once), and tries to watch them again each time; ends when all are watched."""
+
+    def __init__(self, watch: Watch) -> None:
+        super().__init__(name=f"cover-{watch.name}", daemon=True)
+        self._watch = watch
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        watch = self._watch
+        reported = False
+        while not self._stopped.is_set():
+            left = watch.cover()
+            if left and not reported:
+                reported = True
+                watch.events.report("inotify_watch_limit", _limit_fields(watch))
+            if not left:
+                with watch._uncovered_lock:
+                    if watch._uncovered:
+                        continue  # one arrived meanwhile
+                    watch._coverer = None
+                if reported:
+                    watch.events.report("inotify_watch_restored", {"root": watch.root})
+                return
+            self._stopped.wait(watch.poll_interval)
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+def _limit_fields(watch: Watch) -> dict[str, Any]:
+    with watch._uncovered_lock:
+        uncovered = dict(watch._uncovered)
+    missing = sum(uncovered.values()) or len(uncovered)
+    current = read_sysctl(MAX_USER_WATCHES)
+    return {
+        "sysctl": "fs.inotify.max_user_watches",
+        "current": current,
+        "needed": (current or 0) + missing,
+        "unwatched": missing,
+        "directories": sorted(uncovered)[:10],
+        "message": (
+            f"{watch_limit_message(missing)}; new directories are rescanned every "
+            f"{_fmt(watch.poll_interval)} until they can be watched"
+        ),
+    }
+
+
+def _unwatched_under(watched: Mapping[bytes, object], top: bytes) -> int:
+    """How many directories at or under `top` are not in `watched` (symlinks not followed)."""
+    missing = 0 if top in watched else 1
+    for parent, dirs, _ in os.walk(top):
+        for name in dirs:
+            path = os.path.join(parent, name)
+            if path not in watched and not os.path.islink(path):
+                missing += 1
+    return missing
+
+
+def _fmt(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
 class _Poller(threading.Thread):
     """`watcher: polling`: asks for a rescan of the whole root every `interval` seconds. A
     poll still running when the next is due coalesces with it (the debouncer keys a rescan
@@ -348,13 +501,16 @@ class _Handler(FileSystemEventHandler):
                 if type(event) is DirMovedEvent
                 else (event.src_path,)
             )
-            for end in ends:
+            arrives = type(event) is DirCreatedEvent or type(event) is DirMovedEvent
+            for i, end in enumerate(ends):
                 rel = self._relative(end)
                 if rel is None or (match is not None and rel and match(rel + "/")):
                     continue
                 if not rel and type(event) is DirDeletedEvent:
                     self._watch.events.report("source_root_gone", {"root": self._root})
                 change(rel, ChangeKind.RESCAN)
+                if arrives and rel and (i == 1 or type(event) is DirCreatedEvent):
+                    self._watch.directory_arrived(rel)
             return
         if type(event) is FileMovedEvent:
             for end in (event.src_path, event.dest_path):
@@ -470,7 +626,7 @@ _KIND_CODE = {
     ChangeKind.RESCAN: b"R",
 }
 _CODE_KIND = {code[0]: kind for kind, code in _KIND_CODE.items()}
-_OVERFLOW, _LOG, _STARTED, _ERROR, _HEALTH = b"OLSEH"
+_OVERFLOW, _LOG, _STARTED, _ERROR, _HEALTH, _PROBLEM = b"OLSEHP"
 #: How long the child's writer lets records gather before writing them.
 _GATHER = 0.002
 #: Bytes of records the parent reads at once.
@@ -570,6 +726,7 @@ def child_main(stdin: Any = None, stdout_fd: int | None = None) -> int:
         return 1
     pipe.send(b"S" + kind.encode("ascii") + b"\0")
     healthy = True
+    problem: str | None = None
     fd = stdin.fileno()
     while True:
         ready, _, _ = select.select([fd], [], [], 0.5)
@@ -579,6 +736,10 @@ def child_main(stdin: Any = None, stdout_fd: int | None = None) -> int:
         if now != healthy:
             healthy = now
             pipe.send(b"H" + (b"1" if now else b"0") + b"\0")
+        said = watch.problem
+        if said != problem:
+            problem = said
+            pipe.send(b"P" + (said or "").encode("utf-8", "backslashreplace") + b"\0")
     watch.stop()
     pipe.close()
     return 0
@@ -634,6 +795,8 @@ class WatchProcess:
         self._stopping = False
         self._error = ""
         self._healthy = False
+        #: what the child's `Watch.problem` said last
+        self.problem: str | None = None
 
     def start(self) -> str:
         """Start the child (or adopt the one `prespawn` started for the same settings) and
@@ -729,6 +892,8 @@ class WatchProcess:
             self._error = payload.decode("utf-8", "replace")
         elif code == _HEALTH:
             self._healthy = payload == b"1"
+        elif code == _PROBLEM:
+            self.problem = payload.decode("utf-8", "replace") or None
 
 
 if __name__ == "__main__":
