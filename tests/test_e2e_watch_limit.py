@@ -76,7 +76,7 @@ def test_directories_added_past_the_watch_limit_are_still_covered(
         ]
     }
     config = emulator_config(tmp_path, root, cloudfront, quiet="100ms", extra=extra)
-    want = {f"/d{i:02d}/page.html" for i in range(_NEW_DIRS)} | {"/d05/late.html"}
+    want = {f"/d{i:02d}/page.html" for i in range(_NEW_DIRS)} | {"/d29/late.html"}
     with running_daemon(config) as daemon:
         daemon.wait_event("baseline_recorded")
         lowered = _watches_in_use(os.getuid()) + _MARGIN
@@ -85,11 +85,22 @@ def test_directories_added_past_the_watch_limit_are_still_covered(
             for i in range(_NEW_DIRS):
                 make_site(root, {f"d{i:02d}/page.html": f"page {i}"})
             limit = daemon.wait_event("inotify_watch_limit", timeout=15)
-            (root / "d05/late.html").write_text("written while unwatched")
+            # Other processes of this user may free watches at any time (a daemon of an
+            # earlier test still exiting): hold the limit at what is in use now, so the new
+            # directories stay unwatched while the rescans are proven.
+            watch_limit.write_text(str(_watches_in_use(os.getuid())))
+            (root / "d29/late.html").write_text("written while unwatched")
             # health is sampled (the watcher process reports twice a second)
             status, body = wait_for(
-                lambda: (h := daemon.health())[0] == 503 and h, 5, what="/healthz 503"
+                lambda: (h := daemon.health())[0] == 503 and h, 10, what="/healthz 503"
             )
+            wait_for(
+                lambda: "/d29/late.html" in received(cloudfront),
+                15,
+                what="a file in an unwatched directory, found by its rescan",
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{daemon.transcript()}") from None
         finally:
             watch_limit.write_text(str(original))
         assert limit["sysctl"] == "fs.inotify.max_user_watches"
@@ -97,7 +108,7 @@ def test_directories_added_past_the_watch_limit_are_still_covered(
         assert limit["needed"] > lowered
         assert "fs.inotify.max_user_watches" in limit["message"]
         assert status == 503
-        assert "not fully watching" in str(body)
+        assert "not fully watching" in str(body), body
         wait_for(lambda: received(cloudfront) >= want, 20, what="every new page at CloudFront")
         daemon.wait_event("inotify_watch_restored", timeout=15)
         wait_for(lambda: daemon.health()[0] == 200, 10, what="/healthz 200 again")
