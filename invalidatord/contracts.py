@@ -49,7 +49,7 @@ class Source(Protocol):
 class Fenced(Protocol):
     """A source whose deploys can say "not yet" (`sources[].hold_while` markers)."""
 
-    def holding(self) -> str | None:
+    def deploy_marker(self) -> str | None:
         """The marker that exists now (a deploy or `git checkout` is under way), or None.
         Cheap (a few lstat calls): the pipeline asks when a batch's quiet window ends and
         about once a second while it holds one."""

@@ -105,7 +105,7 @@ class Pipeline:
         # Deploy fences: a source's batch is held (bounded by max_delay) while one of its
         # markers exists, so a deploy slower than the quiet window still goes as one batch.
         self._fences = {
-            name: source.holding
+            name: source.deploy_marker
             for name, source in self._sources.items()
             if isinstance(source, Fenced)
         }

@@ -148,7 +148,7 @@ class FilesystemSource(WatchEvents):
         hold_while: Sequence[str] = (),
     ) -> None:
         """`metrics`: where its overflows and watcher restarts are counted as they happen.
-        `hold_while`: deploy markers, relative to the root (`holding` says which exists);
+        `hold_while`: deploy markers, relative to the root (`deploy_marker` says which exists);
         `.git/index.lock` is always one. Markers are ignored: never a change."""
         # watcher, poll_interval and each ignore pattern are checked by the config
         # (FilesystemSourceConfig), the one place that names the key and line of a bad value.
@@ -306,7 +306,7 @@ class FilesystemSource(WatchEvents):
         the configured path when it is a symlink."""
         return dict(self._last_swap)
 
-    def holding(self) -> str | None:
+    def deploy_marker(self) -> str | None:
         """The first deploy marker that exists now (relative to the root), or None. A
         dangling symlink counts: it exists as a marker."""
         prefix = self._root_prefix
