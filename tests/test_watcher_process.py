@@ -3,6 +3,7 @@ source does when the process dies (a new one, and a rescan of everything)."""
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import os
@@ -108,6 +109,48 @@ def test_child_streams_raw_names_and_stops_when_stdin_closes(tmp_path: Path) -> 
     assert b"C" + raw in frames
     assert b"M" + raw in frames
     assert not any(b".page.swp" in f for f in frames)
+
+
+def test_the_child_imports_only_what_watching_needs(tmp_path: Path) -> None:
+    """With the settings line the parent sends, the child filters ignored names (a name and
+    a directory pattern) with the regex it was sent, and never imports pathspec, subprocess,
+    the polling observer or any of the daemon's dependencies (its memory is per pod)."""
+    root = tmp_path / "www"
+    (root / "build").mkdir(parents=True)
+    line = WatchSettings("docroot", str(root), ("*.swp", "build/"), "inotify").to_line()
+    report = (
+        "import atexit, sys; atexit.register(lambda: print(sorted(sys.modules), file=sys.stderr))"
+    )
+    main = "from invalidatord.sources.watcher import child_main; sys.exit(child_main())"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", f"{report}; {main}"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    proc.stdin.write(line)
+    proc.stdin.flush()
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(proc.stdout.read1, b"")))
+    reader.start()
+    wait_for(lambda: b"".join(chunks).startswith(b"Sinotify\0"), 30, what="the S frame")
+    (root / ".page.swp").write_text("x")
+    (root / "build" / "out.html").write_text("x")
+    (root / "zz-last.html").write_text("x")
+    wait_for(lambda: b"Mzz-last.html" in b"".join(chunks), 10, what="the last file's frames")
+    _, err = proc.communicate(timeout=30)
+    reader.join(10)
+    frames = _frames(b"".join(chunks))
+    assert proc.returncode == 0
+    assert not any(b".page.swp" in f or b"build/" in f for f in frames)
+    modules = set(ast.literal_eval(err.decode().strip().splitlines()[-1]))
+    # (subprocess is not listed: watchdog's inotify module imports it, through ctypes.util)
+    heavy = {"pathspec", "watchdog.observers.polling", "boto3", "botocore"}
+    heavy |= {"pydantic", "prometheus_client", "structlog", "yaml", "sqlite3", "apscheduler"}
+    heavy |= {"invalidatord.journal", "invalidatord.config", "invalidatord.sources.ignore"}
+    assert modules & heavy == set()
 
 
 def test_sigint_and_sigterm_do_not_end_the_child(tmp_path: Path) -> None:

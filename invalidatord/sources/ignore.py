@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import pathspec
 
-__all__ = ["GIT_LOCK", "Match", "deciding_pattern", "fence_patterns", "matchers", "with_fences"]
+__all__ = [
+    "GIT_LOCK",
+    "Match",
+    "deciding_pattern",
+    "fence_patterns",
+    "full_regex",
+    "matchers",
+    "with_fences",
+]
 
 Match = Callable[[str], bool]
 
@@ -47,22 +55,41 @@ def matchers(
     than `GitIgnoreSpec.match_file`, and a pattern without a slash (`*.swp`, `.git/`) only
     needs the last component during a walk. With a negation, pathspec decides everything.
     """
-    patterns = [p for p in spec.patterns if p.include is not None]
-    if not patterns:
+    sources = _sources(spec)
+    if sources is None:
+        return spec.match_file, (None, spec.match_file)
+    if not sources:
         return None, (None, None)
-    sources: list[str] = []
-    for p in patterns:
-        regex = getattr(p, "regex", None)
-        if not p.include or not isinstance(regex, re.Pattern) or not isinstance(regex.pattern, str):
-            return spec.match_file, (None, spec.match_file)
-        # The directory mark is a named group in each regex; `re` refuses a name twice.
-        sources.append(_NAMED_GROUP.sub("(?:", regex.pattern))
     names = [s[len(_ANY_DIRS) :] for s in sources if _is_name_pattern(s)]
     paths = [s for s in sources if not _is_name_pattern(s)]
     return (
         _alternation(sources),
         (_alternation(["^" + n for n in names]), _alternation(paths)),
     )
+
+
+def full_regex(lines: Iterable[str]) -> str | None:
+    """The one regex `matchers(...)[0]` compiles for an ignore list, as source text: what the
+    watcher process is sent so that it needs `re`, not pathspec. "" = nothing is ignored;
+    None = the list has a negation, which only pathspec decides."""
+    sources = _sources(pathspec.GitIgnoreSpec.from_lines(lines))
+    if sources is None:
+        return None
+    return "|".join("(?:" + s + ")" for s in sources)
+
+
+def _sources(spec: pathspec.GitIgnoreSpec) -> list[str] | None:
+    """Each pattern's regex source; None if any is a negation (or not a plain `re` regex)."""
+    sources: list[str] = []
+    for p in spec.patterns:
+        if p.include is None:
+            continue
+        regex = getattr(p, "regex", None)
+        if not p.include or not isinstance(regex, re.Pattern) or not isinstance(regex.pattern, str):
+            return None
+        # The directory mark is a named group in each regex; `re` refuses a name twice.
+        sources.append(_NAMED_GROUP.sub("(?:", regex.pattern))
+    return sources
 
 
 _ANY_DIRS = "^(?:.+/)?"  # how pathspec starts the regex of a pattern without a slash

@@ -35,18 +35,17 @@ import errno
 import json
 import logging
 import os
+import re
 import select
 import signal
-import subprocess
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
-import pathspec
 from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
@@ -59,12 +58,19 @@ from watchdog.events import (
     FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers.api import BaseObserver
 from watchdog.utils import UnsupportedLibcError
 
 from invalidatord.errors import SourceError
 from invalidatord.model import ChangeKind
-from invalidatord.sources.ignore import matchers
+
+if TYPE_CHECKING:
+    import subprocess
+
+    from watchdog.observers.api import BaseObserver
+
+# The watcher process imports this module and little else: no pathspec (the parent sends the
+# ignore list compiled to one regex), no polling observer unless it polls.
+# Measured in bench/ (start-up, 100,000 files): see the README's Performance section.
 
 __all__ = [
     "OVERFLOW_LOGGER",
@@ -160,10 +166,18 @@ class WatchSettings:
     ignore: tuple[str, ...] = ()
     watcher: Literal["auto", "inotify", "polling"] = "auto"
     poll_interval: float = 5.0
+    #: `ignore` compiled by `ignore.full_regex` ("" = nothing ignored; None = not compiled,
+    #: or a negation that needs pathspec). Derived from `ignore`, so not compared.
+    ignore_regex: str | None = field(default=None, compare=False)
 
     def to_line(self) -> bytes:
+        fields = asdict(self)
+        if self.ignore_regex is None:
+            from invalidatord.sources.ignore import full_regex  # the parent has pathspec
+
+            fields["ignore_regex"] = full_regex(self.ignore)
         # ensure_ascii: a root or pattern with surrogate escapes survives as \udcXX
-        return json.dumps(asdict(self), sort_keys=True).encode("ascii") + b"\n"
+        return json.dumps(fields, sort_keys=True).encode("ascii") + b"\n"
 
     @classmethod
     def from_line(cls, line: bytes) -> WatchSettings:
@@ -174,7 +188,23 @@ class WatchSettings:
             ignore=tuple(str(p) for p in raw["ignore"]),
             watcher=raw["watcher"],
             poll_interval=float(raw["poll_interval"]),
+            ignore_regex=raw.get("ignore_regex"),
         )
+
+
+def _event_matcher(settings: WatchSettings) -> Callable[[str], bool] | None:
+    """Whether a relative path (a directory with a trailing "/") is ignored; None: never."""
+    regex = settings.ignore_regex
+    if regex is None:
+        import pathspec
+
+        from invalidatord.sources.ignore import matchers
+
+        return matchers(pathspec.GitIgnoreSpec.from_lines(settings.ignore))[0]
+    if not regex:
+        return None
+    match = re.compile(regex).match
+    return lambda path: match(path) is not None
 
 
 class WatchEvents:
@@ -200,7 +230,7 @@ class Watch:
         self.name = settings.name
         self.root = settings.root
         self.prefix = self.root if self.root.endswith(os.sep) else self.root + os.sep
-        self.match = matchers(pathspec.GitIgnoreSpec.from_lines(settings.ignore))[0]
+        self.match = _event_matcher(settings)
         self.events = events
         self.watcher = settings.watcher
         self.poll_interval = settings.poll_interval
@@ -751,6 +781,8 @@ _PRESPAWNED: dict[WatchSettings, tuple[subprocess.Popen[bytes], int]] = {}
 
 
 def _spawn(settings: WatchSettings) -> subprocess.Popen[bytes]:
+    import subprocess  # the parent's side only
+
     proc = subprocess.Popen(
         [sys.executable, "-m", "invalidatord.sources.watcher"],
         stdin=subprocess.PIPE,
@@ -834,6 +866,8 @@ class WatchProcess:
         with contextlib.suppress(OSError):
             assert proc.stdin is not None
             proc.stdin.close()
+        import subprocess
+
         try:
             proc.wait(_STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
