@@ -146,6 +146,29 @@ def check_positive(value: float) -> float:
     return value
 
 
+# SQS: long polling waits 0-20 s; a visibility timeout is 1 s to 12 hours.
+SQS_MAX_WAIT = 20.0
+SQS_MAX_VISIBILITY = 43200.0
+
+
+# The SQS source and a fleet's queue both receive from SQS: one check of its limits.
+def check_sqs_wait_time(value: float) -> float:
+    if value > SQS_MAX_WAIT:
+        raise ValueError(
+            f"must be at most {fmt_seconds(SQS_MAX_WAIT)} (the SQS long-polling limit), "
+            f"got {fmt_seconds(value)}"
+        )
+    return value
+
+
+def check_sqs_visibility_timeout(value: float) -> float:
+    if value > SQS_MAX_VISIBILITY:
+        raise ValueError(f"must be at most 12h (the SQS limit), got {fmt_seconds(value)}")
+    if value < 1:
+        raise ValueError(f"must be at least 1s (the SQS limit), got {fmt_seconds(value)}")
+    return value
+
+
 def check_ignore_pattern(pattern: str) -> str:
     compile_gitignore(pattern)
     return pattern

@@ -40,6 +40,8 @@ from invalidatord.config.fields import (
     check_match,
     check_not_empty,
     check_positive,
+    check_sqs_visibility_timeout,
+    check_sqs_wait_time,
     check_tag,
     check_template,
     check_url,
@@ -58,9 +60,6 @@ from invalidatord.planner import Limits
 
 _DISTRIBUTION_ID_RE = re.compile(r"[A-Z0-9]+")
 _ROLE_ARN_RE = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+")
-# SQS: long polling waits 0-20 s; a visibility timeout is 1 s to 12 hours.
-SQS_MAX_WAIT = 20.0
-SQS_MAX_VISIBILITY = 43200.0
 
 
 class _Model(BaseModel):
@@ -232,21 +231,12 @@ class SqsSourceConfig(_SourceModel):
     @field_validator("wait_time")
     @classmethod
     def _wait_time(cls, value: float) -> float:
-        if value > SQS_MAX_WAIT:
-            raise ValueError(
-                f"must be at most {fmt_seconds(SQS_MAX_WAIT)} (the SQS long-polling limit), "
-                f"got {fmt_seconds(value)}"
-            )
-        return value
+        return check_sqs_wait_time(value)
 
     @field_validator("visibility_timeout")
     @classmethod
     def _visibility_timeout(cls, value: float) -> float:
-        if value > SQS_MAX_VISIBILITY:
-            raise ValueError(f"must be at most 12h (the SQS limit), got {fmt_seconds(value)}")
-        if value < 1:
-            raise ValueError(f"must be at least 1s (the SQS limit), got {fmt_seconds(value)}")
-        return value
+        return check_sqs_visibility_timeout(value)
 
 
 class S3PollSourceConfig(_SourceModel):
@@ -476,21 +466,12 @@ class FleetConfig(_Model):
     @field_validator("wait_time")
     @classmethod
     def _wait_time(cls, value: float) -> float:
-        if value > SQS_MAX_WAIT:
-            raise ValueError(
-                f"must be at most {fmt_seconds(SQS_MAX_WAIT)} (the SQS long-polling limit), "
-                f"got {fmt_seconds(value)}"
-            )
-        return value
+        return check_sqs_wait_time(value)
 
     @field_validator("visibility_timeout")
     @classmethod
     def _visibility_timeout(cls, value: float) -> float:
-        if not 1 <= value <= SQS_MAX_VISIBILITY:
-            raise ValueError(
-                f"must be between 1s and 12h (the SQS limits), got {fmt_seconds(value)}"
-            )
-        return value
+        return check_sqs_visibility_timeout(value)
 
     def describe(self) -> str:
         """One line for `check`."""
