@@ -93,12 +93,24 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve /metrics, /healthz and /livez here instead of metrics.listen",
     )
-    with_config(
+    chk = with_config(
         command(
             "check",
-            "validate the config and print a summary (exit 2 with one line per problem)",
-            "invalidatord check -c /etc/invalidatord/config.yaml",
+            "validate the config and print a summary (exit 2 with one line per problem); "
+            "--online also asks AWS whether the credentials, distributions, queues and "
+            "buckets work (exit 1 naming what failed)",
+            "invalidatord check -c /etc/invalidatord/config.yaml --online",
         )
+    )
+    chk.add_argument(
+        "--online",
+        action="store_true",
+        help="once the config is valid, verify it against AWS with read-only calls "
+        "(GetCallerIdentity, ListInvalidations, GetDistribution, GetQueueAttributes, "
+        "ListObjectsV2, HeadBucket); never receives a message nor creates an invalidation",
+    )
+    chk.add_argument(
+        "--json", action="store_true", help="with --online: the online results as one JSON object"
     )
     mp = with_config(
         command(
@@ -248,7 +260,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     path = _config_path(args)
     cfg = load_config(path)
     if command == "check":
-        return _check(cfg, path)
+        if args.json and not args.online:
+            raise UsageError("check: --json goes with --online")
+        return _check(cfg, path, online=args.online, as_json=args.json)
     if command == "map":
         return _map(cfg, args.source, args.paths)
     if command == "plan":
@@ -314,13 +328,60 @@ def _with_listen(cfg: Config, listen: str | None, *, dry_run: bool) -> Config:
     return cfg.model_copy(update={"metrics": metrics})
 
 
-def _check(cfg: Config, path: str) -> int:
+def _check(cfg: Config, path: str, *, online: bool = False, as_json: bool = False) -> int:
     from invalidatord.factory import state_dir_problem
 
     problem = state_dir_problem(cfg.state_dir)
     if problem is not None and problem[1]:  # no user could run the daemon with it
         print(f"{path}: {problem[0]}", file=sys.stderr)
         return EXIT_USAGE
+    if not as_json:
+        _print_summary(cfg, path)
+    for warning in config_warnings(cfg):
+        print(f"warning: {warning}", file=sys.stderr)
+    if problem is not None:
+        # Maybe only for this user: systemd's StateDirectory= creates it for the daemon's.
+        print(f"warning: {problem[0]} (as this user; `run` needs it writable)", file=sys.stderr)
+    return _check_online(cfg, path, as_json=as_json) if online else EXIT_OK
+
+
+def _check_online(cfg: Config, path: str, *, as_json: bool) -> int:
+    """Each online finding as one line as soon as it is known (or, with `as_json`, all of
+    them as one object); exit 1 naming what failed."""
+    from invalidatord.online import FAILED, NOT_PROBED, NOT_VERIFIED, SKIPPED, online_checks
+
+    endpoint = cfg.aws.endpoint_url or "AWS's own endpoints"
+    if not as_json:
+        print(f"online, against {endpoint} (region {cfg.aws.region or 'from the environment'}):")
+    findings = []
+    for finding in online_checks(cfg):
+        findings.append(finding)
+        if not as_json:
+            print(f"  {finding.line()}", flush=True)
+    failed = list(dict.fromkeys(f.subject for f in findings if f.outcome == FAILED))
+    skipped = sum(1 for f in findings if f.outcome == SKIPPED)
+    if as_json:
+        _print_json(
+            {
+                "config": path,
+                "valid": True,
+                "ok": not failed,
+                "failed": failed,
+                "skipped": skipped,
+                "checks": [f.as_dict() for f in findings],
+            }
+        )
+    if failed:
+        rest = f" ({skipped} other check(s) skipped)" if skipped else ""
+        print(f"invalidatord: check --online failed: {', '.join(failed)}{rest}", file=sys.stderr)
+        return EXIT_FAILURE
+    if not as_json:
+        unproved = sum(1 for f in findings if f.outcome in (NOT_PROBED, NOT_VERIFIED))
+        print(f"online: every check passed ({unproved} not probed or not verified: see above)")
+    return EXIT_OK
+
+
+def _print_summary(cfg: Config, path: str) -> None:
     print(f"{path}: valid")
     print(f"  state_dir: {cfg.state_dir}")
     for name, dist in cfg.distributions.items():
@@ -337,12 +398,6 @@ def _check(cfg: Config, path: str) -> int:
         scope = f" [source {rule.source}]" if rule.source else ""
         print(f"  rule {i}: {rule.match}{scope} -> {urls} on {targets}")
     print(f"  debounce: quiet {cfg.debounce.quiet:g}s, max delay {cfg.debounce.max_delay:g}s")
-    for warning in config_warnings(cfg):
-        print(f"warning: {warning}", file=sys.stderr)
-    if problem is not None:
-        # Maybe only for this user: systemd's StateDirectory= creates it for the daemon's.
-        print(f"warning: {problem[0]} (as this user; `run` needs it writable)", file=sys.stderr)
-    return EXIT_OK
 
 
 def _source_paths(cfg: Config, source: str | None, paths: Sequence[str]) -> tuple[str, list[str]]:

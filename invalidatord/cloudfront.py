@@ -112,6 +112,10 @@ def _one_line(text: str) -> str:
 
 #: The codes `translate` gives when no credentials were found at all.
 NO_CREDENTIALS = "NoCredentialsError"
+#: AWS error codes that refuse the credentials themselves (not a missing permission).
+CREDENTIAL_CODES = _CREDENTIAL_CODES
+#: botocore exceptions of a request that may not have reached AWS.
+TRANSPORT_EXCEPTIONS = _TRANSPORT_EXCEPTIONS
 
 
 def no_credentials_help(profile: str | None, role_arn: str | None) -> str:
@@ -230,12 +234,14 @@ def make_session(
     role_arn: str | None,
     *,
     sts_endpoint_url: str | None = None,
+    sts_config: Config | None = None,
 ) -> boto3.session.Session:
     """A boto3 session from the standard credential chain (optionally a named profile).
 
     With `role_arn`, the session's credentials are that role's, assumed on first use (session
     name "invalidatord") and re-assumed before they expire, for as long as the daemon runs.
-    `sts_endpoint_url` points the AssumeRole calls somewhere else (an emulator).
+    `sts_endpoint_url` points the AssumeRole calls somewhere else (an emulator); `sts_config`
+    gives them botocore settings (`check --online` wants short timeouts there too).
     Raises ConfigError when the profile does not exist.
     """
     try:
@@ -248,6 +254,7 @@ def make_session(
         base._session.create_client,  # the botocore session: boto3 offers no public handle
         region_name=base.region_name,
         endpoint_url=sts_endpoint_url,
+        config=sts_config,
     )
     fetcher = botocore.credentials.AssumeRoleCredentialFetcher(
         client_creator=client_creator,

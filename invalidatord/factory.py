@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from botocore.config import Config as BotoConfig
+
 from invalidatord.cloudfront import Boto3CloudFront, DryRunCloudFront, make_session
 from invalidatord.config import Config
 from invalidatord.contracts import CloudFront
@@ -37,17 +39,25 @@ def limits_for(cfg: Config) -> Limits:
     return cfg.invalidation.limits()
 
 
-def session_for(cfg: Config) -> Any:
+def session_for(cfg: Config, client_config: BotoConfig | None = None) -> Any:
     """The boto3 session every client of the daemon uses. With `aws.role_arn`, AssumeRole goes
-    to `aws.endpoint_url` too when one is set (an emulator serves STS as well)."""
+    to `aws.endpoint_url` too when one is set (an emulator serves STS as well), with
+    `client_config` (timeouts, retries) when given."""
     return make_session(
-        cfg.aws.region, cfg.aws.profile, cfg.aws.role_arn, sts_endpoint_url=cfg.aws.endpoint_url
+        cfg.aws.region,
+        cfg.aws.profile,
+        cfg.aws.role_arn,
+        sts_endpoint_url=cfg.aws.endpoint_url,
+        sts_config=client_config,
     )
 
 
-def client_for(cfg: Config, service: str) -> Any:
-    """A boto3 client of `service` (sqs, s3) with the daemon's session and endpoint."""
-    return session_for(cfg).client(service, endpoint_url=cfg.aws.endpoint_url)
+def client_for(cfg: Config, service: str, client_config: BotoConfig | None = None) -> Any:
+    """A boto3 client of `service` (sqs, s3) with the daemon's session and endpoint;
+    `client_config` (botocore's Config: timeouts, retries) for callers that need their own."""
+    return session_for(cfg, client_config).client(
+        service, endpoint_url=cfg.aws.endpoint_url, config=client_config
+    )
 
 
 def cloudfront_for(cfg: Config, dry_run: bool = False) -> CloudFront:
