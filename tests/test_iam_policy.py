@@ -279,14 +279,18 @@ def test_every_aws_call_in_the_code_is_granted() -> None:
     }
     called: set[str] = set()
     fleet: set[str] = set()
+    online: set[str] = set()
     for source in (REPO / "invalidatord").rglob("*.py"):
         if "testing" in source.relative_to(REPO / "invalidatord").parts:
             continue  # the test doubles' own set-up (CreateDistribution), never the daemon
-        for method in re.findall(r"\b_?client\.(\w+)\(", source.read_text()):
+        # `client.op(` and `client("svc").op(` (online.py's clients, one per service)
+        text = source.read_text()
+        for method in re.findall(r"\b_?client(?:\(\"\w+\"\))?\.(\w+)\(", text):
             for service, names in operations.items():
                 if method in names:
-                    # a fleet's calls are granted by the fleet variants
-                    into = fleet if source.name == "fleet.py" else called
+                    # a fleet's calls are granted by the fleet variants; `check --online`'s
+                    # are checked below
+                    into = {"fleet.py": fleet, "online.py": online}.get(source.name, called)
                     into.add(iam_action(service, names[method]))
     assert {"cloudfront:CreateInvalidation", "sqs:ReceiveMessage", "s3:ListBucket"} <= called
     assert called <= granted_actions(load_policy(EXAMPLE_DISTRIBUTION)), called
@@ -294,6 +298,12 @@ def test_every_aws_call_in_the_code_is_granted() -> None:
     variants = granted_actions(load_policy(EXAMPLE_DISTRIBUTION, PUBLISHER_POLICY))
     variants |= granted_actions(load_policy(EXAMPLE_DISTRIBUTION, INVALIDATOR_POLICY))
     assert fleet <= variants, fleet
+    # `check --online` asks what the daemon asks, plus two calls it reports rather than
+    # fails on when refused: GetCallerIdentity (no IAM permission can deny it) and
+    # GetDistribution ("not verified": the policies leave it out on purpose).
+    assert {"sts:GetCallerIdentity", "cloudfront:GetDistribution", "s3:ListBucket"} <= online
+    extras = {"sts:GetCallerIdentity", "cloudfront:GetDistribution"}
+    assert online - extras <= granted_actions(load_policy(EXAMPLE_DISTRIBUTION)), online
 
 
 # ---- the run -----------------------------------------------------------------------------------
