@@ -30,7 +30,7 @@ import contextlib
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -49,7 +49,7 @@ from invalidatord.errors import (
 from invalidatord.journal import PLANNED, SUBMITTED, BatchRecord, Journal
 from invalidatord.metrics import Metrics
 from invalidatord.model import InFlight, is_wildcard
-from invalidatord.planner import Limits, Tree, make_plan
+from invalidatord.planner import Choice, Limits, Tree, make_plan
 
 log = structlog.get_logger(__name__)
 
@@ -109,7 +109,7 @@ class Submitter:
         self._trees = dict(trees or {})
         self._hurry_poll = hurry_poll
         self._next_hurry = 0.0
-        self._explain: tuple[int, tuple[str, ...], int] = (-1, (), 0)
+        self._explain: tuple[int, int] = (-1, 0)
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.states = {name: DistributionState(name, did) for name, did in distributions.items()}
@@ -267,7 +267,7 @@ class Submitter:
             )
             state.waiting_for_room = bool(the_plan.deferred)
             batches = the_plan.batches
-            why = {c.wildcard: c.describe(self._limits) for c in the_plan.choices}
+            chosen = {c.wildcard: c for c in the_plan.choices}
             if not batches:
                 if self._others_block(state) and self._reconcile(state):
                     continue
@@ -280,9 +280,28 @@ class Submitter:
                     p for p in batch.paths if not is_wildcard(p) and not p.startswith(under)
                 ]
                 record = self._journal.create_batch(state.name, batch.paths, consumed)
-                reasons = [why[p] for p in batch.paths if p in why]
-                if not self._submit(record, state, reasons, len(the_plan.deferred)):
+                for p in batch.paths:
+                    if p in chosen:
+                        self._log_choice(state, chosen[p], record)
+                if not self._submit(record, state, len(the_plan.deferred)):
                     return
+
+    def _log_choice(self, state: DistributionState, choice: Choice, record: BatchRecord) -> None:
+        """One line per wildcard decision, logged once: when its batch is planned (a batch kept
+        after a failure is resent as planned, not decided again). `caller_reference` joins it
+        to the batch's `batch_submitted` (or, in a dry run, `would_submit`) line."""
+        log.info(
+            "wildcard_chosen",
+            distribution=state.name,
+            wildcard=choice.wildcard,
+            directory=choice.wildcard[:-1],
+            reason=choice.reason,
+            pending=choice.pending,
+            objects=choice.objects,
+            evicted=choice.evicted,
+            why=choice.describe(self._limits),
+            caller_reference=record.caller_reference,
+        )
 
     def _others_block(self, state: DistributionState) -> bool:
         """Other people's invalidations fill the room and we have not asked about them for
@@ -296,14 +315,12 @@ class Submitter:
         self,
         record: BatchRecord,
         state: DistributionState,
-        why: Sequence[str] = (),
         waiting: int = 0,
     ) -> bool:
         """Send one planned batch, bisecting it on InvalidArgument. True = go on with the next;
         False = stop this distribution for now (backing off or waiting for completions).
-        `why` (one line per wildcard) and `waiting` (paths left waiting for room) go into the
-        batch's log line."""
-        self._explain = (record.id, tuple(why), waiting)
+        `waiting` (paths left waiting for room) goes into the batch's log line."""
+        self._explain = (record.id, waiting)
         result = send_bisecting(
             record,
             send=lambda part: self._send(part, state),
@@ -333,13 +350,10 @@ class Submitter:
 
     def _explained(self, record: BatchRecord) -> dict[str, object]:
         """The planner's reasons for `record`, for its log line (a bisected part has none)."""
-        batch_id, why, waiting = self._explain
-        if batch_id != record.id:
+        batch_id, waiting = self._explain
+        if batch_id != record.id or not waiting:
             return {}
-        return {
-            **({"why": list(why)} if why else {}),
-            **({"waiting_for_room": waiting} if waiting else {}),
-        }
+        return {"waiting_for_room": waiting}
 
     def _send(self, record: BatchRecord, state: DistributionState) -> bool:
         """One CreateInvalidation; raises InvalidPaths for `send_bisecting`."""

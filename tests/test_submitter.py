@@ -370,3 +370,54 @@ def test_work_waiting_for_wildcard_room_goes_in_waves_as_completions_are_seen(
         sub.stop()
     assert set(cloudfront.created_paths(cloudfront.distribution_id)) == wanted
     assert cloudfront.max_in_flight_seen[cloudfront.distribution_id].wildcards <= 13
+
+
+def test_a_wildcard_decision_logs_one_line_with_its_directory_and_why(
+    journal: Journal, cloudfront: CloudFrontEmulator, make_submitter: Callable[..., Submitter]
+) -> None:
+    """1,900 of 2,000 objects under /docs/ changed: the submitter sends one `/docs/*` and logs
+    one `wildcard_chosen` line naming the directory, the planner's reason and what it evicts,
+    joined to the batch's `batch_submitted` line by its CallerReference (which no longer
+    repeats the reason)."""
+    from invalidatord.planner import PrefixTree
+
+    every = [f"/docs/p{i:04}.html" for i in range(2000)]
+    queue(journal, every[:1900])
+    sub = make_submitter(limits=Limits(max_over_invalidation=0.1), trees={"www": PrefixTree(every)})
+    with structlog.testing.capture_logs() as logs:
+        sub.cycle()
+        sub.cycle()  # nothing left: no decision is logged twice
+    assert cloudfront.created_paths(cloudfront.distribution_id) == ["/docs/*"]
+    [chosen] = [e for e in logs if e["event"] == "wildcard_chosen"]
+    [submitted] = [e for e in logs if e["event"] == "batch_submitted"]
+    assert {k: v for k, v in chosen.items() if k not in ("caller_reference", "log_level")} == {
+        "event": "wildcard_chosen",
+        "distribution": "www",
+        "wildcard": "/docs/*",
+        "directory": "/docs/",
+        "reason": "cost",
+        "pending": 1900,
+        "objects": 2000,
+        "evicted": 100,
+        "why": "/docs/*: 1900 pending paths as 1 billed path, evicts 100 unchanged of 2000 "
+        "objects (5%, max_over_invalidation 10%); cheaper than its exact paths",
+    }
+    assert chosen["caller_reference"] == submitted["caller_reference"]
+    assert "why" not in submitted
+    assert logs.index(chosen) < logs.index(submitted)
+
+
+def test_exact_paths_log_no_wildcard_decision(
+    journal: Journal, cloudfront: CloudFrontEmulator, make_submitter: Callable[..., Submitter]
+) -> None:
+    """300 of 2,000 changed under a 10% bound go as exact paths: no `wildcard_chosen` line."""
+    from invalidatord.planner import PrefixTree
+
+    every = [f"/docs/p{i:04}.html" for i in range(2000)]
+    queue(journal, every[:300])
+    sub = make_submitter(limits=Limits(max_over_invalidation=0.1), trees={"www": PrefixTree(every)})
+    with structlog.testing.capture_logs() as logs:
+        sub.cycle()
+    assert len(cloudfront.created_paths(cloudfront.distribution_id)) == 300
+    assert [e for e in logs if e["event"] == "wildcard_chosen"] == []
+    assert [e["event"] for e in logs].count("batch_submitted") == 1
