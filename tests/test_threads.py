@@ -4,8 +4,10 @@ only, and the scheduler, which produces work, stops before the pipeline and the 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from apscheduler.schedulers.base import STATE_STOPPED
 
@@ -17,6 +19,9 @@ from invalidatord.model import Invalidation
 from invalidatord.testing.cloudfront import CloudFrontEmulator
 from tests.harness import emulator_config, make_site, received
 from tests.waiting import wait_for
+
+SHUTDOWN_TIMEOUT_SECONDS = 120
+SHUTDOWN_TIMEOUT = f"{SHUTDOWN_TIMEOUT_SECONDS}s"
 
 
 class ThreadRecordingCloudFront:
@@ -55,7 +60,7 @@ class ThreadRecordingCloudFront:
         self.inner.check_distribution(distribution_id)
 
 
-def _daemon(tmp_path: Path, cloudfront: CloudFrontEmulator, **kwargs: str) -> Daemon:
+def _daemon(tmp_path: Path, cloudfront: CloudFrontEmulator, **kwargs: Any) -> Daemon:
     docroot = tmp_path / "site"
     make_site(docroot, {"index.html": "home"})
     cfg = load_config(emulator_config(tmp_path, docroot, cloudfront, **kwargs))
@@ -97,7 +102,17 @@ def test_the_scheduler_stops_before_the_pipeline_and_the_drain(
     """A change still debouncing at SIGTERM is accepted by the pipeline's stop and sent by the
     drain; by then the scheduler has stopped, so no rescan can reach the stopped pipeline and
     no job runs beside the drain (the old order stopped the scheduler last)."""
-    daemon = _daemon(tmp_path, cloudfront, quiet="20s", max_delay="30s")
+    # The drain first waits for the CloudFront call in progress (a start-up reconcile or
+    # probe), then reconciles and submits: on a loaded machine that outlasted the default
+    # 10 s shutdown_timeout once, and the drain gave up before /late.html. It returns as soon
+    # as everything is sent, so a generous bound costs nothing when the machine is idle.
+    daemon = _daemon(
+        tmp_path,
+        cloudfront,
+        quiet="20s",
+        max_delay="30s",
+        extra={"shutdown_timeout": SHUTDOWN_TIMEOUT},
+    )
     recorder = daemon.cloudfront.inner
     assert isinstance(recorder, ThreadRecordingCloudFront)
     daemon.start()
@@ -111,10 +126,14 @@ def test_the_scheduler_stops_before_the_pipeline_and_the_drain(
                 )
                 or 0
             ),
-            15,
+            30,
             what="the change seen by the pipeline",
         )
     finally:
+        stopping = time.monotonic()
         daemon.stop()
+        stopped_in = time.monotonic() - stopping
+    # within the bound, so the drain finished rather than gave up
+    assert stopped_in < SHUTDOWN_TIMEOUT_SECONDS, stopped_in
     assert "/late.html" in received(cloudfront)
     assert recorder.scheduler_stopped_at_create == [True]
