@@ -9,6 +9,7 @@
 # endpoint listens where `metrics.listen` says: set it to 0.0.0.0:9464 to scrape it from outside
 # the container; the HEALTHCHECK below asks 127.0.0.1:9464 (override INVALIDATORD_HEALTH_URL).
 #
+#   docker build --build-arg COMMIT=$(git rev-parse HEAD) -t invalidatord .
 #   docker run -d --read-only \
 #     -v ./config.yaml:/etc/invalidatord/config.yaml:ro -v www:/srv/www:ro \
 #     -v invalidatord-state:/var/lib/invalidatord invalidatord
@@ -44,7 +45,14 @@ RUN groupadd --system --gid "${UID}" invalidatord \
     && install -d -o "${UID}" -g "${UID}" -m 0750 /var/lib/invalidatord \
     && install -d -m 0755 /etc/invalidatord /srv/www
 COPY --from=builder /opt/invalidatord /opt/invalidatord
-ENV PATH=/opt/invalidatord/bin:${PATH} \
+# The git commit the image is built from (`--build-arg COMMIT=$(git rev-parse HEAD)`): the
+# image has no .git, so this is where invalidatord_build_info{commit} reads it from; without
+# it the label says "unknown". Declared after the COPY so a new commit rebuilds only the
+# layers below.
+ARG COMMIT=""
+LABEL org.opencontainers.image.revision="${COMMIT}"
+ENV INVALIDATORD_COMMIT=${COMMIT} \
+    PATH=/opt/invalidatord/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     INVALIDATORD_CONFIG=/etc/invalidatord/config.yaml \

@@ -138,10 +138,12 @@ if [[ -n "$ca_bundle" && -f "$ca_bundle" ]]; then
     BUILD_MOUNTS=(-v "$WORK_DIR/build-home:/root:ro")
     say "pip in the build trusts $ca_bundle (build-time mount only)"
 fi
-say "building $IMAGE on $BASE"
+# invalidatord_build_info{commit} in the image: it has no .git to read the commit from
+COMMIT=$(git -C "$REPO" rev-parse HEAD 2>/dev/null || true)
+say "building $IMAGE on $BASE (commit ${COMMIT:-unknown})"
 previous=$(buildah "${STORAGE[@]}" images -q --no-trunc "$IMAGE" 2>/dev/null || true)
 if buildah "${STORAGE[@]}" bud --isolation chroot --format docker --build-arg "BASE=$BASE" \
-    "${BUILD_MOUNTS[@]}" -t "$IMAGE" -f "$REPO/Dockerfile" "$REPO" >"$WORK_DIR/build.log" 2>&1
+    --build-arg "COMMIT=$COMMIT" "${BUILD_MOUNTS[@]}" -t "$IMAGE" -f "$REPO/Dockerfile" "$REPO" >"$WORK_DIR/build.log" 2>&1
 then
     pass "build: buildah bud"
     # The image this build replaced under the same tag is now unnamed: drop it, not the disk.

@@ -207,6 +207,56 @@ def test_dockerfile_shape() -> None:
     assert {"!pyproject.toml", "!invalidatord/"} <= set(patterns)
 
 
+def test_image_build_records_the_commit_for_build_info() -> None:
+    """`--build-arg COMMIT=...` reaches the final stage as $INVALIDATORD_COMMIT, which
+    invalidatord_build_info{commit} reads (the image has no .git), and the OCI revision label;
+    the Dockerfile's usage, the README and the build script pass it."""
+    ins = dockerfile_instructions()
+    last_from = max(i for i, (k, _) in enumerate(ins) if k == "FROM")
+    final = ins[last_from:]
+    arg = final.index(("ARG", 'COMMIT=""'))
+    [env] = [a for k, a in final[arg:] if k == "ENV" and "INVALIDATORD_COMMIT" in a]
+    assert "INVALIDATORD_COMMIT=${COMMIT}" in env.split()
+    assert any(
+        k == "LABEL" and 'org.opencontainers.image.revision="${COMMIT}"' in a
+        for k, a in final[arg:]
+    )
+    usage = "docker build --build-arg COMMIT=$(git rev-parse HEAD)"
+    assert usage in DOCKERFILE.read_text()
+    assert usage in (REPO / "README.md").read_text()
+    assert '--build-arg "COMMIT=$COMMIT"' in (REPO / "scripts/build-image.sh").read_text()
+
+
+def test_build_info_reads_the_commit_the_image_sets(tmp_path: Path) -> None:
+    """With $INVALIDATORD_COMMIT set, as the image sets it, a daemon process outside any git
+    checkout reports that commit in invalidatord_build_info; without it, "unknown"."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from invalidatord.metrics import Metrics; m = Metrics(); "
+        "print([s.labels['commit'] for f in m.registry.collect() "
+        "if f.name == 'invalidatord_build_info' for s in f.samples][0])"
+    )
+    site = tmp_path / "site"
+    site.mkdir()
+    # a copy of the package outside the checkout: no .git beside it, as in the image
+    subprocess.run(["cp", "-r", str(REPO / "invalidatord"), str(site)], check=True)
+    env = {k: v for k, v in os.environ.items() if k != "INVALIDATORD_COMMIT"}
+    env["PYTHONPATH"] = str(site)
+    for commit, expected in (("0123abcd" * 5, "0123abcd" * 5), ("", "unknown")):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**env, "INVALIDATORD_COMMIT": commit},
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=tmp_path,
+        )
+        assert out.stdout.strip() == expected, out.stderr
+
+
 class _Health(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         status = 200 if self.path == "/ok" else 503
