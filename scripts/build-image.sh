@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Build the invalidatord container image with buildah and smoke-test it, without a Docker engine
-# and, when no base image can be pulled, without a registry (see CONTAINERS.md in the design
-# notes): bootstrap a Debian bookworm base with debootstrap from the apt mirror this machine
+# and, when no base image can be pulled, without a registry: bootstrap a Debian bookworm base with debootstrap from the apt mirror this machine
 # already uses, import it with podman, build the Dockerfile against it, then run checks inside
 # the image with `buildah run` (podman run needs rlimits some sandboxes refuse).
 #

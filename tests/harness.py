@@ -159,6 +159,29 @@ def emulator_config(
     )
 
 
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED_CONFIGS = sorted((REPO / "config").glob("*.yaml"))
+#: the document root every shipped config names: absolute, so a copy in /etc means the same
+SHIPPED_ROOT = "/var/www/html"
+
+
+def installed_config(name: str, directory: Path) -> Path:
+    """config/`name` as an operator's host has it: the same text, with its document root
+    (SHIPPED_ROOT, which this machine need not have) standing for a copy of examples/docroot
+    under `directory`. Only `root:` values change; the test sees everything else as shipped."""
+    import shutil
+
+    text = (REPO / "config" / name).read_text(encoding="utf-8")
+    docroot = directory / "www"
+    if not docroot.exists():
+        shutil.copytree(REPO / "examples" / "docroot", docroot)
+    installed = directory / name
+    installed.write_text(
+        text.replace(f"root: {SHIPPED_ROOT}", f"root: {docroot}"), encoding="utf-8"
+    )
+    return installed
+
+
 def make_site(root: Path, files: dict[str, str]) -> None:
     """Write `files` (relative path -> text) under `root`, creating folders."""
     for rel, text in files.items():

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import DaemonProcess, aws_test_env
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+from tests.harness import SHIPPED_CONFIGS, DaemonProcess, aws_test_env, installed_config
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -25,9 +23,10 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
-@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
-def test_check_accepts_every_shipped_config(path: Path) -> None:
+@pytest.mark.parametrize("shipped", SHIPPED_CONFIGS, ids=lambda p: p.name)
+def test_check_accepts_every_shipped_config(shipped: Path, tmp_path: Path) -> None:
     """Every file in config/ is valid: exit 0 and a summary naming its sources."""
+    path = installed_config(shipped.name, tmp_path)
     result = cli("check", "-c", str(path))
     assert result.returncode == 0, result.stderr
     assert f"{path}: valid" in result.stdout
@@ -36,7 +35,7 @@ def test_check_accepts_every_shipped_config(path: Path) -> None:
 
 def test_check_prints_every_setting_of_each_source(tmp_path: Path) -> None:
     """`check` prints each source on one line with every setting, the s3-poll bucket too."""
-    result = cli("check", "-c", str(CONFIG_DIR / "example.yaml"))
+    result = cli("check", "-c", str(installed_config("example.yaml", tmp_path)))
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("  source ")]
     assert lines[1] == (
@@ -166,23 +165,25 @@ def test_missing_config_file_is_exit_2(tmp_path: Path) -> None:
 def test_config_path_from_the_environment(tmp_path: Path) -> None:
     """INVALIDATORD_CONFIG names the config when -c is not given."""
     env = aws_test_env()
-    env["INVALIDATORD_CONFIG"] = str(CONFIG_DIR / "minimal.yaml")
+    env["INVALIDATORD_CONFIG"] = str(installed_config("minimal.yaml", tmp_path))
     result = cli("check", env=env)
     assert result.returncode == 0, result.stderr
 
 
-def test_map_prints_one_line_per_url_per_distribution() -> None:
+def test_map_prints_one_line_per_url_per_distribution(tmp_path: Path) -> None:
     """`map` shows what a path would invalidate, prefixed by the distribution name."""
-    result = cli("map", "-c", str(CONFIG_DIR / "minimal.yaml"), "docs/index.html", "a b.css")
+    minimal = str(installed_config("minimal.yaml", tmp_path))
+    result = cli("map", "-c", minimal, "docs/index.html", "a b.css")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[-1] == "www /a%20b.css"
     assert all(line.startswith("www /") for line in lines)
 
 
-def test_map_unknown_source_is_exit_2() -> None:
+def test_map_unknown_source_is_exit_2(tmp_path: Path) -> None:
     """Naming a source the config does not have is a usage error."""
-    result = cli("map", "-c", str(CONFIG_DIR / "minimal.yaml"), "--source", "nope", "a.html")
+    minimal = str(installed_config("minimal.yaml", tmp_path))
+    result = cli("map", "-c", minimal, "--source", "nope", "a.html")
     assert result.returncode == 2
     assert "unknown source 'nope'" in result.stderr
 

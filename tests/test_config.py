@@ -32,6 +32,7 @@ from invalidatord.config import (
 from invalidatord.config.linemap import MAX_ALIAS_EXPANSION
 from invalidatord.errors import ConfigError
 from invalidatord.mapping import Mapper
+from tests.harness import installed_config
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((REPO / "config").glob("*.yaml"))
@@ -75,9 +76,11 @@ def problems(text: str) -> list[str]:
 # --- the shipped configs ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_shipped_configs_load_without_warnings(path: Path) -> None:
-    """Each config in config/ is valid, resolves its root next to itself, and warns of nothing."""
+@pytest.mark.parametrize("shipped", EXAMPLES, ids=lambda p: p.name)
+def test_shipped_configs_load_without_warnings(shipped: Path, tmp_path: Path) -> None:
+    """Each config in config/ is valid once its absolute document root exists, and warns of
+    nothing."""
+    path = installed_config(shipped.name, tmp_path)
     cfg = load_config(path)
     assert cfg.source_path == path
     assert config_warnings(cfg) == []
@@ -85,7 +88,7 @@ def test_shipped_configs_load_without_warnings(path: Path) -> None:
     if cfg.fleet is not None and cfg.fleet.role == "invalidator":
         assert fs == []  # the fleet queue is its only source of work
         return
-    assert fs[0].root == REPO / "examples" / "docroot"
+    assert fs[0].root == tmp_path / "www"
     assert (fs[0].root / "index.html").is_file()
 
 
@@ -146,9 +149,9 @@ def test_example_sets_every_key_the_models_know() -> None:
     assert expected - _yaml_keys(data) - _yaml_keys({"fleet": fleet["fleet"]}) == set()
 
 
-def test_example_rules_map_as_documented() -> None:
+def test_example_rules_map_as_documented(tmp_path: Path) -> None:
     """The example's rules, handed to the Mapper, give the URLs its comments promise."""
-    cfg = load_config(REPO / "config" / "example.yaml")
+    cfg = load_config(installed_config("example.yaml", tmp_path))
     mapper = Mapper(cfg.mapping_rules())
     assert mapper.map("docroot", "about/index.html").urls == {
         "www": ("/about/", "/about/index.html")
@@ -161,9 +164,9 @@ def test_example_rules_map_as_documented() -> None:
     assert cfg.rule_distributions(0) == ("assets", "www")
 
 
-def test_minimal_config_takes_the_documented_defaults() -> None:
+def test_minimal_config_takes_the_documented_defaults(tmp_path: Path) -> None:
     """Everything the minimal config leaves out takes the default the README documents."""
-    cfg = load_config(REPO / "config" / "minimal.yaml")
+    cfg = load_config(installed_config("minimal.yaml", tmp_path))
     source = cfg.sources[0]
     assert isinstance(source, FilesystemSourceConfig)
     assert source.ignore == [".git/", "*.swp", "*.swx", "*~", ".#*", "4913"]

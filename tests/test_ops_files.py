@@ -160,6 +160,65 @@ def test_unit_syscall_filter_keeps_inotify() -> None:
             assert not inotify & calls(group), group
 
 
+def _readme_systemd_install() -> list[str]:
+    """The command lines of the README's "As a systemd service" block."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### As a systemd service on the origin host", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_readme_install_puts_the_command_on_sudos_path(tmp_path: Path) -> None:
+    """The README installs into a venv under /opt, links its command into /usr/local/bin (on
+    sudo's secure_path, which has no /opt) before `sudo invalidatord check`, and the unit's PATH
+    finds the same venv; a console script run through such a link works."""
+    lines = _readme_systemd_install()
+    [venv] = re.findall(r"python3 -m venv (\S+)", lines[0])
+    link = f"sudo ln -sf {venv}/bin/invalidatord /usr/local/bin/invalidatord"
+    check = "sudo invalidatord check -c /etc/invalidatord/config.yaml"
+    assert link in lines
+    assert check in lines
+    assert lines.index(link) < lines.index(check)
+    unit = (REPO / "systemd" / "invalidatord.service").read_text()
+    [path] = re.findall(r"^Environment=PATH=(\S+)$", unit, re.MULTILINE)
+    assert path.split(":")[0] == f"{venv}/bin"
+    # the link itself: the script's #! names its venv's interpreter, so it runs from anywhere
+    script = Path(sys.executable).parent / "invalidatord"
+    if not script.is_file():
+        pytest.skip(f"no console script beside {sys.executable}")
+    bin_dir = tmp_path / "usr-local-bin"
+    bin_dir.mkdir()
+    (bin_dir / "invalidatord").symlink_to(script)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    result = subprocess.run(
+        ["invalidatord", "--version"], env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("invalidatord ")
+
+
+def test_every_document_the_repository_cites_is_in_it() -> None:
+    """Each markdown document named in a tracked file (code, docs, scripts) exists in the
+    repository, next to the file or from its root."""
+    files = subprocess.run(
+        ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    missing = []
+    for name in files:
+        path = REPO / name
+        if path.suffix not in {".py", ".md", ".sh", ".yaml", ".yml", ".toml", ".service", ""}:
+            continue
+        if not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for cited in set(re.findall(r"(?<![\w/.-])([\w./-]*[A-Za-z0-9_]\.md)\b", text)):
+            if cited.startswith(("http", "//")):
+                continue
+            if not ((path.parent / cited).exists() or (REPO / cited).exists()):
+                missing.append(f"{name}: {cited}")
+    assert missing == []
+
+
 # --- Dockerfile -----------------------------------------------------------------------------
 
 
