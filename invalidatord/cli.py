@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from invalidatord import __version__, logs
+from invalidatord import __version__, clidocs, logs
 from invalidatord.config import Config, config_warnings, default_config_path, load_config
 from invalidatord.errors import AccessProblem, ConfigError, InvalidatordError
 from invalidatord.journal import (
@@ -61,12 +61,13 @@ def _parser() -> argparse.ArgumentParser:
         )
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument(
+        config = p.add_argument(
             "-c",
             "--config",
             default=None,
             help=f"config file (default: $INVALIDATORD_CONFIG or {default_config_path()})",
         )
+        clidocs.mark(config, "file")
         return p
 
     run = with_config(
@@ -191,9 +192,26 @@ def _parser() -> argparse.ArgumentParser:
         "run the daemon on an embedded CloudFront emulator and an example site",
         "invalidatord demo --dir /tmp/site",
     )
-    demo.add_argument("--dir", help="where to create the example site (default: a temp folder)")
+    clidocs.mark(
+        demo.add_argument(
+            "--dir", help="where to create the example site (default: a temp folder)"
+        ),
+        "directory",
+    )
     demo.add_argument(
         "--no-touch", action="store_true", help="do not edit a page by itself once ready"
+    )
+    comp = command(
+        "completion",
+        "print the shell completion script (generated from this parser with shtab)",
+        "invalidatord completion bash | sudo tee "
+        "/usr/share/bash-completion/completions/invalidatord",
+    )
+    comp.add_argument("shell", choices=clidocs.SHELLS)
+    command(
+        "manpage",
+        "print the man page (roff, generated from this parser; needs the manpage extra)",
+        "invalidatord manpage > invalidatord.1 && man -l invalidatord.1",
     )
     return parser
 
@@ -257,6 +275,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         from invalidatord.emulate import run_emulator
 
         return run_emulator(args.port, args.in_progress)
+    if command == "completion":
+        sys.stdout.write(clidocs.completion(_parser(), args.shell))
+        return EXIT_OK
+    if command == "manpage":
+        sys.stdout.write(clidocs.manpage(_parser()))
+        return EXIT_OK
     path = _config_path(args)
     cfg = load_config(path)
     if command == "check":
