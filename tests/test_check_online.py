@@ -318,3 +318,38 @@ def test_json_without_online_is_a_usage_error(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr == "invalidatord: check: --json goes with --online\n"
+
+
+def test_with_a_role_the_credentials_line_is_the_assumed_role(
+    tmp_path: Path, cloudfront: CloudFrontEmulator, resources: dict[str, str]
+) -> None:
+    """With aws.role_arn the checks run as the role, assumed as the daemon assumes it (session
+    name invalidatord): the credentials line shows the assumed-role ARN."""
+    config = online_config(tmp_path, cloudfront, **resources)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["aws"]["role_arn"] = "arn:aws:iam::123456789012:role/invalidatord"
+    config.write_text(yaml.safe_dump(cfg))
+    result = check_online(config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert lines_of(result)[0] == (
+        "credentials: GetCallerIdentity: ok: assumed aws.role_arn, "
+        "arn:aws:sts::123456789012:assumed-role/invalidatord/invalidatord "
+        "(account 123456789012)"
+    )
+
+
+def test_a_fleet_publisher_is_not_asked_about_cloudfront(
+    tmp_path: Path, cloudfront: CloudFrontEmulator, resources: dict[str, str]
+) -> None:
+    """A fleet publisher never calls CloudFront, so neither does its check: its distribution
+    is "not probed", and no CloudFront request reaches the double."""
+    config = online_config(tmp_path, cloudfront, **resources)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["fleet"] = {"role": "publisher", "queue_url": resources["fleet_queue_url"]}
+    config.write_text(yaml.safe_dump(cfg))
+    result = check_online(config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    dist = f"distribution www ({cloudfront.distribution_id})"
+    assert f"{dist}: all: not probed: a fleet publisher never calls CloudFront" in result.stdout
+    assert "fleet queue (publisher): sqs:SendMessage: not probed: " in result.stdout
+    assert cloudfront.requests == []

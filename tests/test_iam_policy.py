@@ -24,9 +24,11 @@ import http.client
 import json
 import re
 import signal
+import subprocess
+import sys
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -97,7 +99,8 @@ class AwsCall:
     def resource(self) -> str:
         p = self.params
         if self.service == "cloudfront":
-            return f"arn:aws:cloudfront::{ACCOUNT}:distribution/{p['DistributionId']}"
+            distribution = p.get("DistributionId") or p["Id"]  # GetDistribution: Id
+            return f"arn:aws:cloudfront::{ACCOUNT}:distribution/{distribution}"
         if self.service == "sqs":
             account, name = urllib.parse.urlsplit(p["QueueUrl"]).path.strip("/").split("/")
             return f"arn:aws:sqs:{self.region}:{account}:{name}"
@@ -158,11 +161,15 @@ def name_request(method: str, target: str, headers: Any, body: bytes) -> AwsCall
 
 
 class RecordingProxy:
-    """An HTTP proxy on 127.0.0.1 that names and records every AWS request, then relays it."""
+    """An HTTP proxy on 127.0.0.1 that names and records every AWS request, then relays it.
+
+    With `allows` set (a test of what a policy lets through), a call it refuses is answered
+    403 AccessDenied as that service's protocol answers it, and not relayed."""
 
     def __init__(self, upstream: str) -> None:
         host, port = urllib.parse.urlsplit(upstream).netloc.split(":")
         self.calls: list[AwsCall] = []
+        self.allows: Callable[[AwsCall], bool] | None = None
         lock = threading.Lock()
         owner = self
 
@@ -176,6 +183,9 @@ class RecordingProxy:
                 if call is not None:
                     with lock:
                         owner.calls.append(call)
+                    if owner.allows is not None and not owner.allows(call):
+                        self._deny(call)
+                        return
                 upstream_conn = http.client.HTTPConnection(host, int(port), timeout=60)
                 try:
                     upstream_conn.putrequest(
@@ -196,6 +206,29 @@ class RecordingProxy:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
+
+            def _deny(self, call: AwsCall) -> None:
+                message = f"not authorized to perform: {call.action} on {call.resource}"
+                headers = {"x-amzn-RequestId": "denied"}
+                if _BOTO.get_service_model(call.service).metadata["protocol"] == "json":
+                    # SQS (JSON with query compatibility): the code a query client expects
+                    headers["x-amzn-query-error"] = "AccessDenied;Sender"
+                    headers["Content-Type"] = "application/x-amz-json-1.0"
+                    error = {"__type": "com.amazon.coral.service#AccessDenied"}
+                    body = json.dumps(error | {"message": message}).encode()
+                else:
+                    headers["Content-Type"] = "text/xml"
+                    body = (
+                        "<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code>"
+                        f"<Message>{message}</Message></Error></ErrorResponse>"
+                    ).encode()
+                self.send_response(403, "Forbidden")
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
 
             do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _relay
 
@@ -476,3 +509,131 @@ def test_a_fleet_run_calls_exactly_what_each_role_variant_grants(
         assert denied == [], path.name
         assert {c.action for c in calls} == granted_actions(statements), path.name
     assert not [c for c in proxy.calls if c.access_key == PUBLISHER_KEY and c.service != "sqs"]
+
+
+# ---- check --online under the shipped policies ---------------------------------------------------
+
+
+def _enforce(proxy: RecordingProxy, statements: list[dict[str, Any]]) -> None:
+    """Let through what `statements` allow; GetCallerIdentity always (IAM cannot deny it)."""
+    proxy.allows = lambda call: (
+        call.action == "sts:GetCallerIdentity" or allowed(statements, call.action, call.resource)
+    )
+
+
+def _check_online(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "invalidatord", "check", "--online", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        env=aws_test_env(),
+        timeout=60,
+        check=False,
+    )
+
+
+def _online_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
+    out = result.stdout.split("online, against ", 1)[1].splitlines()[1:]
+    return [line.strip() for line in out if line.startswith("  ")]
+
+
+def _daemon_config(tmp_path: Path, cloudfront: CloudFrontEmulator, proxy: RecordingProxy) -> Path:
+    """The example policy's resources: a queue, a polled bucket, the distribution."""
+    queue_url = _client("sqs", cloudfront.endpoint_url).create_queue(QueueName=QUEUE)["QueueUrl"]
+    _client("s3", cloudfront.endpoint_url).create_bucket(Bucket=POLLED_BUCKET)
+    root = tmp_path / "www"
+    root.mkdir()
+    return write_config(
+        tmp_path,
+        root=root,
+        endpoint=proxy.url,
+        distribution_id=cloudfront.distribution_id,
+        extra={
+            "sources": [
+                {"name": "docroot", "type": "filesystem", "root": str(root)},
+                {"name": "uploads", "type": "sqs", "queue_url": queue_url},
+                {"name": "static", "type": "s3-poll", "bucket": POLLED_BUCKET, "prefix": "site"},
+            ],
+        },
+    )
+
+
+def test_check_online_passes_with_exactly_the_daemons_policy(
+    tmp_path: Path, cloudfront: CloudFrontEmulator, proxy: RecordingProxy
+) -> None:
+    """With deploy/iam-policy.json enforced (anything else answered AccessDenied), `check
+    --online` passes: it asks nothing the daemon does not need except GetDistribution, which
+    it reports as not verified, and every call it makes only reads."""
+    config = _daemon_config(tmp_path, cloudfront, proxy)
+    _enforce(proxy, load_policy(cloudfront.distribution_id))
+    result = _check_online(config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = _online_lines(result)
+    [not_verified] = [line for line in lines if ": not verified: " in line]
+    assert ": GetDistribution: not verified: cloudfront:GetDistribution is not allowed" in (
+        not_verified
+    )
+    assert all(
+        ": ok: " in line or ": not probed: " in line for line in lines if line != not_verified
+    )
+    ops = {c.operation for c in proxy.calls}  # set-up goes to the emulator directly
+    assert ops == {
+        "GetCallerIdentity",
+        "ListInvalidations",
+        "GetDistribution",
+        "GetQueueAttributes",
+        "ListObjectsV2",
+        "HeadBucket",
+    }
+
+
+def test_check_online_names_the_grant_a_narrower_policy_lacks(
+    tmp_path: Path, cloudfront: CloudFrontEmulator, proxy: RecordingProxy
+) -> None:
+    """The daemon's policy without its S3 statement: the s3-poll source's two lines are
+    FAILED with AccessDenied and the grant to add; exit 1 names that source only."""
+    config = _daemon_config(tmp_path, cloudfront, proxy)
+    statements = load_policy(cloudfront.distribution_id)
+    _enforce(proxy, [s for s in statements if "s3:ListBucket" not in _listed(s["Action"])])
+    result = _check_online(config)
+    assert result.returncode == 1, result.stdout + result.stderr
+    failed = [line for line in _online_lines(result) if ": FAILED: " in line]
+    grant = f"grant s3:ListBucket on arn:aws:s3:::{POLLED_BUCKET}"
+    assert [line.split(": FAILED: ")[0] for line in failed] == [
+        "source static (s3-poll): ListObjectsV2",
+        "source static (s3-poll): HeadBucket",
+    ]
+    assert all(line.endswith(grant) for line in failed), failed
+    assert "AccessDenied: not authorized to perform: s3:ListBucket" in failed[0]
+    assert result.stderr.splitlines()[-1] == (
+        "invalidatord: check --online failed: source static (s3-poll)"
+    )
+
+
+def test_check_online_passes_for_a_fleet_invalidator_with_its_policy(
+    tmp_path: Path, cloudfront: CloudFrontEmulator, proxy: RecordingProxy
+) -> None:
+    """A fleet invalidator under its variant of the policy (no sqs:GetQueueAttributes): the
+    fleet queue is "not verified" (not a failure), the distribution ok, exit 0."""
+    sqs = _client("sqs", cloudfront.endpoint_url)
+    attributes = {"FifoQueue": "true"}
+    queue_url = sqs.create_queue(QueueName=FLEET_QUEUE, Attributes=attributes)["QueueUrl"]
+    config = write_config(
+        tmp_path,
+        root=tmp_path,
+        endpoint=proxy.url,
+        distribution_id=cloudfront.distribution_id,
+        extra={"sources": [], "fleet": {"role": "invalidator", "queue_url": queue_url}},
+    )
+    _enforce(proxy, load_policy(cloudfront.distribution_id, INVALIDATOR_POLICY))
+    result = _check_online(config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = _online_lines(result)
+    assert any(
+        line.startswith(
+            f"fleet queue (invalidator): GetQueueAttributes: not verified: {queue_url}: "
+            "sqs:GetQueueAttributes is not allowed"
+        )
+        for line in lines
+    ), lines
+    assert any(": ListInvalidations: ok: " in line for line in lines), lines
