@@ -118,7 +118,8 @@ def _check_filter() -> None:
     from bench.watchdog_alone import EVENT_FILTER
 
     # where the filter lives in the code measured (it moved with the watcher process)
-    for module in ("invalidatord.sources.watcher", "invalidatord.sources.filesystem"):
+    modules = ("watchdog_observer", "watcher", "filesystem")
+    for module in (f"invalidatord.sources.{name}" for name in modules):
         try:
             _INOTIFY_EVENTS = importlib.import_module(module)._INOTIFY_EVENTS
             break

@@ -28,7 +28,7 @@ from watchdog.events import (
 )
 from watchdog.observers.inotify import InotifyObserver
 
-#: invalidatord.sources.watcher._INOTIFY_EVENTS (bench/run.py checks they stay equal).
+#: invalidatord.sources.watchdog_observer._INOTIFY_EVENTS (bench/run.py checks they stay equal).
 EVENT_FILTER: list[type[FileSystemEvent]] = [
     FileCreatedEvent,
     FileClosedEvent,

@@ -31,6 +31,7 @@ from invalidatord.sources.filesystem import (
     FilesystemSource,
 )
 from invalidatord.sources.memory import MemorySource
+from invalidatord.sources import watcher
 from invalidatord.sources.watcher import Watch, queue_warning
 from tests.harness import Collector
 from tests.waiting import wait_for
@@ -56,15 +57,21 @@ def sink() -> Collector:
     return Collector(hide=SETTLE)
 
 
-@pytest.fixture(params=[True, False], ids=["process", "inline"])
-def start(request: pytest.FixtureRequest, root: Path, sink: Collector) -> Iterator[Start]:
+@pytest.fixture(params=["process", "inline", "inline-watchdog"])
+def start(
+    request: pytest.FixtureRequest, root: Path, sink: Collector, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Start]:
     """Builds and starts a source on `root` delivering to `sink`; stops them all at the end.
-    Every test using it runs twice: watchdog in its own process (the default) and inline."""
+    Every test using it runs three times: the watcher in its own process (the default, with
+    the native inotify reader on Linux), inline, and inline through watchdog (the reader of
+    other systems)."""
     started: list[FilesystemSource] = []
+    if request.param == "inline-watchdog":
+        monkeypatch.setattr(watcher, "NATIVE", False)
 
     def _start(**kwargs: Any) -> FilesystemSource:
         kwargs.setdefault("ignore", DEFAULT_IGNORE)
-        kwargs.setdefault("separate_process", request.param)
+        kwargs.setdefault("separate_process", request.param == "process")
         source = FilesystemSource("docroot", kwargs.pop("root", root), sink, **kwargs)
         started.append(source)
         source.start()

@@ -1,12 +1,15 @@
-"""watchdog on one document root, in this process or in a child process of its own.
+"""Watching one document root, in this process or in a child process of its own.
 
-`Watch` runs watchdog's observer (inotify, or polling) and turns its events into (relative
-path, ChangeKind) pairs: the event semantics are described in `filesystem.py`. It is used
-in-process, or in a child started by `WatchProcess`: `python -m invalidatord.sources.watcher`.
+`Watch` reads inotify (or polls) and turns what it reports into (relative path, ChangeKind)
+pairs: the event semantics are described in `filesystem.py`. On Linux it reads inotify
+itself (`sources/inotify.py`: one thread, batched reads, no watchdog); elsewhere, or
+without `inotify_simple`, through watchdog's observer (`sources/watchdog_observer.py`).
+Polling is ours either way (`_Poller`). It is used in-process, or in a child started by
+`WatchProcess`: `python -m invalidatord.sources.watcher`.
 
-Why a child: watchdog reads inotify and dispatches events on two Python threads. In the
-daemon's process they share one GIL with the work each change costs after it arrives (stat,
-index lookup, mapping, journal), so under a burst the daemon accepted changes at about half the
+Why a child: reading inotify and filtering its events is Python work. In the daemon's
+process it shares one GIL with the work each change costs after it arrives (stat, index
+lookup, mapping, journal), so under a burst the daemon accepted changes at about half the
 rate watchdog alone reads them. In a child, watching runs on the second core and the daemon
 receives compact, already-filtered records over a pipe.
 
@@ -41,24 +44,9 @@ import signal
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
-
-from watchdog.events import (
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirMovedEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
-from watchdog.utils import UnsupportedLibcError
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from invalidatord.errors import SourceError
 from invalidatord.model import ChangeKind
@@ -68,8 +56,10 @@ if TYPE_CHECKING:
 
     from watchdog.observers.api import BaseObserver
 
+    from invalidatord.sources.inotify import InotifyReader
+
 # The watcher process imports this module and little else: no pathspec (the parent sends the
-# ignore list compiled to one regex), no polling observer unless it polls.
+# ignore list compiled to one regex), no watchdog on Linux (the native reader).
 # Measured in bench/ (start-up, 100,000 files): see the README's Performance section.
 
 __all__ = [
@@ -81,26 +71,9 @@ __all__ = [
     "WatchSettings",
 ]
 
-# What inotify is asked for (watchdog 7.1 derives the kernel mask from this list): creates,
-# closes after writing, moves and deletes. Not FileOpenedEvent/FileClosedNoWriteEvent (every
-# read of every file) nor FileModifiedEvent (IN_MODIFY fires per write() call): with
-# watchdog's default mask a tree of 6,000+ directories overflows the kernel queue in a loop.
-_INOTIFY_EVENTS: list[type[FileSystemEvent]] = [
-    FileCreatedEvent,
-    FileClosedEvent,
-    FileMovedEvent,
-    FileDeletedEvent,
-    DirCreatedEvent,
-    DirMovedEvent,
-    DirDeletedEvent,
-]
-
-_FILE_KINDS: dict[type[FileSystemEvent], ChangeKind] = {
-    FileCreatedEvent: ChangeKind.CREATED,
-    FileClosedEvent: ChangeKind.MODIFIED,
-    FileModifiedEvent: ChangeKind.MODIFIED,
-    FileDeletedEvent: ChangeKind.DELETED,
-}
+#: Whether `Watch` reads inotify itself where it can (Linux, `inotify_simple` installed);
+#: False: always through watchdog (the tests run both).
+NATIVE = sys.platform.startswith("linux")
 
 # watchdog 7.1 reports a kernel queue overflow (IN_Q_OVERFLOW) only as this WARNING on this
 # logger (InotifyFD.handle_event), then rebuilds its watches; event handlers hear nothing.
@@ -223,8 +196,18 @@ class WatchEvents:
         """The watcher process ended without being asked to: nothing is watched any more."""
 
 
+class _Watches(Protocol):
+    """The watches of an inotify watch, as `Watch` covers what they miss: the full path
+    (bytes) of each watched directory, and a way to watch a tree again."""
+
+    @property
+    def paths(self) -> Mapping[bytes, object]: ...
+
+    def rewatch(self, raw: bytes) -> None: ...
+
+
 class Watch:
-    """watchdog on `settings.root`, delivering to `events`."""
+    """Inotify (ours or watchdog's) or polling on `settings.root`, delivering to `events`."""
 
     def __init__(self, settings: WatchSettings, events: WatchEvents) -> None:
         self.name = settings.name
@@ -236,19 +219,20 @@ class Watch:
         self.poll_interval = settings.poll_interval
         #: "inotify" or "polling" once started.
         self.kind = ""
+        #: with inotify: "native" (`sources/inotify.py`) or "watchdog".
+        self.reader = ""
         self.delivering = False
         self.reader_ident: int | None = None
-        self._observer: BaseObserver | _Poller | None = None
-        # Directories inotify could not watch (ENOSPC, swallowed by watchdog): relative path
-        # of each uncovered top -> unwatched directories counted under it at the last look.
+        self._observer: BaseObserver | InotifyReader | _Poller | None = None
+        # Directories inotify could not watch (ENOSPC): relative path of each uncovered top
+        # -> unwatched directories counted under it at the last look.
         self._uncovered: dict[str, int] = {}
         self._uncovered_lock = threading.Lock()
         self._coverer: _Coverer | None = None
 
     def start(self) -> str:
         """Start watching; returns "inotify" or "polling". Raises `SourceError`."""
-        _quiet_rewatch_warning()
-        observer: BaseObserver | _Poller | None = None
+        observer: BaseObserver | InotifyReader | _Poller | None = None
         if self.watcher != "polling":
             try:
                 observer = self._start_inotify()
@@ -263,8 +247,8 @@ class Watch:
         return self.kind
 
     def stop(self) -> None:
-        """Stop; returns once the observer's threads have ended (10 s at most). Events the
-        observer had already read are dispatched first."""
+        """Stop; returns once the reader's threads have ended (10 s at most). Events already
+        read are delivered first."""
         observer, self._observer = self._observer, None
         if observer is None:
             return
@@ -296,14 +280,13 @@ class Watch:
         )
 
     def directory_arrived(self, rel: str) -> None:
-        """A directory was created or moved in (on watchdog's dispatch thread, after its
-        reader thread tried to watch it): if inotify could not, cover it by rescans."""
-        group = self._watch_group()
-        watched = getattr(group, "_active_callbacks_by_path", None)
-        if not isinstance(watched, dict):
+        """A directory was created or moved in (on the reader's thread, after it tried to
+        watch it): if inotify could not, cover it by rescans."""
+        watches = self._watches()
+        if watches is None:
             return
         path = self.prefix + rel
-        if os.fsencode(path) in watched or os.path.islink(path) or not os.path.isdir(path):
+        if os.fsencode(path) in watches.paths or os.path.islink(path) or not os.path.isdir(path):
             return
         with self._uncovered_lock:
             if any(rel.startswith(top + "/") for top in self._uncovered):
@@ -313,23 +296,22 @@ class Watch:
                 self._coverer = _Coverer(self)
                 self._coverer.start()
 
-    def _watch_group(self) -> Any:
+    def _watches(self) -> _Watches | None:
         observer = self._observer
         if observer is None or isinstance(observer, _Poller):
             return None
-        for emitter in list(observer.emitters):
-            group = getattr(emitter, "_inotify", None)
-            if group is not None:
-                return group
-        return None
+        if self.reader == "native":
+            return observer  # type: ignore[return-value]  # an InotifyReader
+        from invalidatord.sources.watchdog_observer import group_of
+
+        return group_of(observer)  # type: ignore[arg-type]
 
     def cover(self) -> bool:
         """One look at the uncovered directories (the coverer's thread): try to watch each
         again, rescan it, and drop it once wholly watched. Logs one line when directories
         first cannot be watched and one when all are watched again. False once none is left."""
-        group = self._watch_group()
-        watched = getattr(group, "_active_callbacks_by_path", None)
-        if not isinstance(watched, dict):
+        watches = self._watches()
+        if watches is None:
             return False
         with self._uncovered_lock:
             tops = list(self._uncovered)
@@ -337,13 +319,8 @@ class Watch:
             path = self.prefix + rel
             raw = os.fsencode(path)
             if os.path.isdir(path):
-                lock = getattr(group, "_lock", None)
-                if lock is not None:
-                    with lock:
-                        if getattr(group, "is_active", False):
-                            with contextlib.suppress(OSError):
-                                group._add_all_callbacks(raw)
-                missing = _unwatched_under(watched, raw)
+                watches.rewatch(raw)
+                missing = _unwatched_under(watches.paths, raw)
             else:
                 missing = 0  # gone: the parent's watch reported the deletion
             # a rescan either way: what changed while it was not watched (or before its new
@@ -359,42 +336,55 @@ class Watch:
 
     @property
     def healthy(self) -> bool:
-        """True while the observer and its emitter are alive (an emitter stops by itself when
-        the root is deleted)."""
+        """True while the reader is alive and watching (it stops by itself when the root is
+        deleted)."""
         observer = self._observer
         if observer is None or not observer.is_alive():
             return False
         if isinstance(observer, _Poller):
             return True
-        emitters = list(observer.emitters)
-        return bool(emitters) and all(emitter.is_alive() for emitter in emitters)
+        if self.reader == "native":
+            return observer.healthy  # type: ignore[union-attr]
+        from invalidatord.sources.watchdog_observer import healthy
 
-    def _start_inotify(self) -> BaseObserver:
-        try:
-            from watchdog.observers.inotify import InotifyObserver
-        except (ImportError, UnsupportedLibcError) as exc:  # not Linux, or a libc without it
-            raise OSError(errno.ENOSYS, f"inotify is not available: {exc}") from exc
+        return healthy(observer)  # type: ignore[arg-type]
 
-        observer = InotifyObserver()  # inotify_init: the kernel queue size is fixed here
+    def _start_inotify(self) -> BaseObserver | InotifyReader:
+        reader = _native_reader() if NATIVE else None
         _OVERFLOW_HOOK.add(self)
         self.delivering = True
         try:
-            observer.schedule(
-                _Handler(self), self.root, recursive=True, event_filter=_INOTIFY_EVENTS
-            )
-            observer.start()
-            # watchdog starts its inotify reader thread in the constructor; an overflow record
-            # comes from that thread, which is how it is told apart from another watch's.
-            self.reader_ident = getattr(getattr(observer, "_inotify_fd", None), "ident", None)
-            missing = _unwatched_directories(observer, self.root)
-            if missing:
-                raise OSError(errno.ENOSPC, watch_limit_message(missing))
+            observer = self._start_native(reader) if reader else self._start_watchdog()
         except BaseException:
             self.delivering = False
             _OVERFLOW_HOOK.remove(self)
-            _shutdown(observer)
             raise
         self.kind = "inotify"
+        return observer
+
+    def _start_native(self, reader: type[InotifyReader]) -> InotifyReader:
+        native = reader(self.root, self.match, self.events, self.directory_arrived)
+        native.start()
+        if native.unwatched:
+            native.stop()
+            raise OSError(errno.ENOSPC, watch_limit_message(native.unwatched))
+        self.reader, self.reader_ident = "native", native.ident
+        return native
+
+    def _start_watchdog(self) -> BaseObserver:
+        from invalidatord.sources import watchdog_observer as wo
+
+        observer = wo.start_observer(self)
+        try:
+            # watchdog starts its inotify reader thread in the constructor; an overflow record
+            # comes from that thread, which is how it is told apart from another watch's.
+            self.reader, self.reader_ident = "watchdog", wo.reader_ident(observer)
+            missing = wo.unwatched_directories(observer, self.root)
+            if missing:
+                raise OSError(errno.ENOSPC, watch_limit_message(missing))
+        except BaseException:
+            wo.shutdown(observer)
+            raise
         return observer
 
     def _start_polling(self) -> _Poller:
@@ -415,6 +405,15 @@ class Watch:
         self.reader_ident = None
         self.kind = "polling"
         return poller
+
+
+def _native_reader() -> type[InotifyReader] | None:
+    """The native reader's class; None where `inotify_simple` cannot be imported."""
+    try:
+        from invalidatord.sources.inotify import InotifyReader
+    except ImportError:
+        return None
+    return InotifyReader
 
 
 class _Coverer(threading.Thread):
@@ -501,61 +500,6 @@ class _Poller(threading.Thread):
         self._stopped.set()
 
 
-class _Handler(FileSystemEventHandler):
-    """watchdog events -> changes. The hot path: no stat, no logging per event."""
-
-    def __init__(self, watch: Watch) -> None:
-        self._watch = watch
-        self._root = watch.root
-        self._prefix = watch.prefix
-        self._match = watch.match
-        self._change = watch.events.change
-
-    def _relative(self, path: bytes | str) -> str | None:
-        if isinstance(path, bytes):
-            path = os.fsdecode(path)
-        if path.startswith(self._prefix):
-            return path[len(self._prefix) :]
-        if path == self._root:
-            return ""
-        return None  # "" for the unknown end of a move, or outside the root
-
-    def dispatch(self, event: FileSystemEvent) -> None:
-        if not self._watch.delivering:
-            return
-        match = self._match
-        change = self._change
-        if event.is_directory:
-            ends = (
-                (event.src_path, event.dest_path)
-                if type(event) is DirMovedEvent
-                else (event.src_path,)
-            )
-            arrives = type(event) is DirCreatedEvent or type(event) is DirMovedEvent
-            for i, end in enumerate(ends):
-                rel = self._relative(end)
-                if rel is None or (match is not None and rel and match(rel + "/")):
-                    continue
-                if not rel and type(event) is DirDeletedEvent:
-                    self._watch.events.report("source_root_gone", {"root": self._root})
-                change(rel, ChangeKind.RESCAN)
-                if arrives and rel and (i == 1 or type(event) is DirCreatedEvent):
-                    self._watch.directory_arrived(rel)
-            return
-        if type(event) is FileMovedEvent:
-            for end in (event.src_path, event.dest_path):
-                rel = self._relative(end)
-                if rel and (match is None or not match(rel)):
-                    change(rel, ChangeKind.MOVED)
-            return
-        kind = _FILE_KINDS.get(type(event))
-        if kind is None:
-            return
-        rel = self._relative(event.src_path)
-        if rel and (match is None or not match(rel)):
-            change(rel, kind)
-
-
 class _OverflowHook(logging.Handler):
     """Hears watchdog's overflow WARNING and tells the watch whose inotify reader thread
     logged it; a record from any other thread (unattributable) goes to every inotify watch,
@@ -596,47 +540,6 @@ class _OverflowHook(logging.Handler):
 
 
 _OVERFLOW_HOOK = _OverflowHook()
-
-
-def _unwatched_directories(observer: BaseObserver, root: str) -> int:
-    """How many directories under `root` inotify is not watching. watchdog 7.1 swallows the
-    ENOSPC of inotify_add_watch below the root (InotifyWatchGroup._add_callback), so a tree
-    larger than fs.inotify.max_user_watches would otherwise be watched in part, silently.
-    Reads watchdog internals; 0 when they are not where expected."""
-    watched: dict[bytes, object] | None = None
-    for emitter in list(observer.emitters):
-        paths = getattr(getattr(emitter, "_inotify", None), "_active_callbacks_by_path", None)
-        if isinstance(paths, dict):
-            watched = paths  # live: the reader thread adds to it; `in` is atomic, copying is not
-    if watched is None:
-        return 0
-    missing: list[bytes] = []
-    for parent, dirs, _ in os.walk(os.fsencode(root)):
-        for name in dirs:
-            path = os.path.join(parent, name)
-            if path not in watched and not os.path.islink(path):
-                missing.append(path)
-    # A directory created since watchdog's own walk gets its watch when the reader thread
-    # handles its IN_CREATE: count only those still unwatched and still there.
-    return sum(1 for path in missing if path not in watched and os.path.isdir(path))
-
-
-def _quiet_rewatch_warning() -> None:
-    """watchdog 7.1 issues a RuntimeWarning each time it re-adds a watch it already holds,
-    which happens whenever a new directory's IN_CREATE races its own recursive walk (`mkdir -p`,
-    `cp -r`, `git checkout`). Nothing is lost, but the message embeds the repr of every watch
-    of the tree: megabytes per line on stderr for a large one. (Re-added on each start: a
-    `catch_warnings` block, as pytest uses, restores the filters it found.)"""
-    warnings.filterwarnings(
-        "ignore", message="Callback with id", category=RuntimeWarning, module=r"watchdog\."
-    )
-
-
-def _shutdown(observer: BaseObserver) -> None:
-    with contextlib.suppress(Exception):
-        observer.stop()
-    if observer.is_alive():
-        observer.join(_STOP_TIMEOUT)
 
 
 def describe(exc: OSError) -> str:

@@ -1,0 +1,447 @@
+"""A batched inotify reader of our own, for a `Watch` on Linux (`inotify_simple` underneath).
+
+What it delivers is what watchdog's observer delivers (the semantics are in `filesystem.py`),
+with less in between: one thread, which wakes when the kernel has events, reads up to
+`_READ_SIZE` bytes of them in one read(2) and turns each into a call of `events.change` (in
+the watcher process: a record for the pipe). No event objects, no queue, no second thread,
+no watchdog import.
+
+Watches are ours: one per directory (IN_ONLYDIR, IN_DONT_FOLLOW: symlinked directories are
+not followed), added by walking the tree at start and again whenever a directory arrives.
+
+- A directory created or moved in from outside: its subtree is watched, then listed, and
+  what is already inside is reported as watchdog reports it (a RESCAN of each directory, a
+  CREATED of each file): files written before a directory's watch was added (`mkdir -p`,
+  `cp -r`, `tar x`) have no event of their own. A file may be reported twice; never missed.
+- Moves are paired by cookie: the kernel queues a rename's IN_MOVED_TO right after its
+  IN_MOVED_FROM, so the pair is looked for among the next events (a read that ends on an
+  IN_MOVED_FROM waits up to `_PAIR_WAIT` for the rest). A directory moved inside the tree
+  keeps its watches (their paths follow it) and reports both ends of each file and
+  directory under it (MOVED, RESCAN), as watchdog's synthetic events do. An IN_MOVED_FROM
+  with no pair left the tree: a file is DELETED, a directory a RESCAN and its watches are
+  removed (watchdog keeps them, and then reports later changes there under the old path).
+- A deleted directory's watch ends by itself (IN_IGNORED); the directory is a RESCAN.
+- The kernel queue overflowed (IN_Q_OVERFLOW): every watch is removed and the tree watched
+  again (what changed meanwhile may include directories), then `events.overflow()`.
+- inotify_add_watch refused below the root (ENOSPC: fs.inotify.max_user_watches): counted at
+  start (`unwatched`) and, for a directory arriving later, passed to `unwatched_dir` (`Watch`
+  covers it by rescans, as with watchdog). At the root it is raised.
+- The root deleted (IN_DELETE_SELF): `source_root_gone` is reported with a RESCAN of "",
+  and the reader ends (`healthy` is False), as watchdog's emitter does. A root renamed or
+  replaced is found by `FilesystemSource`, which compares the root's inode.
+
+Not asked for: IN_MODIFY (each write()), IN_ATTRIB, opens and closes without writing, nor
+IN_MOVE_SELF (a watched directory's move is seen in its parent; the root's by its inode).
+IN_EXCL_UNLINK: nothing about files already unlinked (a temporary file kept open).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from inotify_simple import INotify, flags, parse_events
+
+from invalidatord.model import ChangeKind
+
+if TYPE_CHECKING:
+    from invalidatord.sources.watcher import WatchEvents
+
+__all__ = ["MASK", "InotifyReader"]
+
+MASK = (
+    flags.CREATE
+    | flags.CLOSE_WRITE
+    | flags.MOVED_FROM
+    | flags.MOVED_TO
+    | flags.DELETE
+    | flags.DELETE_SELF
+    | flags.ONLYDIR
+    | flags.DONT_FOLLOW
+    | flags.EXCL_UNLINK
+)
+
+# Plain ints: an IntEnum's `&` costs a method call per event.
+_CREATE = int(flags.CREATE)
+_CLOSE_WRITE = int(flags.CLOSE_WRITE)
+_MOVED_FROM = int(flags.MOVED_FROM)
+_MOVED_TO = int(flags.MOVED_TO)
+_DELETE = int(flags.DELETE)
+_DELETE_SELF = int(flags.DELETE_SELF)
+_IGNORED = int(flags.IGNORED)
+_OVERFLOW = int(flags.Q_OVERFLOW)
+_ISDIR = int(flags.ISDIR)
+
+_CREATED, _MODIFIED, _DELETED, _MOVED, _RESCAN = (
+    ChangeKind.CREATED,
+    ChangeKind.MODIFIED,
+    ChangeKind.DELETED,
+    ChangeKind.MOVED,
+    ChangeKind.RESCAN,
+)
+
+#: Bytes of events read at once: about 2,000 events of a 20-byte name. Bounds the memory a
+#: burst costs the reader; the kernel never splits an event across reads.
+_READ_SIZE = 64 * 1024
+#: How long a read that ends on an IN_MOVED_FROM waits for its IN_MOVED_TO.
+_PAIR_WAIT_MS = 20
+#: How far past an IN_MOVED_FROM its IN_MOVED_TO is looked for (events of other renames
+#: may come between when several processes rename at once).
+_PAIR_LOOKAHEAD = 64
+_GONE = frozenset({errno.ENOENT, errno.ENOTDIR})
+_STOP_TIMEOUT = 10.0
+
+
+class InotifyReader:
+    """Watches `root` recursively and delivers to `events` on a thread of its own.
+
+    `start` returns once every directory of the tree is watched (or could not be: see
+    `unwatched`); `stop` returns once what was already queued has been delivered. `paths`
+    and `rewatch` are what `Watch` uses to cover directories past the watch limit."""
+
+    def __init__(
+        self,
+        root: str,
+        match: Callable[[str], bool] | None,
+        events: WatchEvents,
+        unwatched_dir: Callable[[str], None],
+    ) -> None:
+        self.root = root
+        self._root_raw = os.fsencode(root)
+        self._match = match
+        self._events = events
+        self._unwatched_dir = unwatched_dir
+        #: full path of each watched directory -> its watch descriptor
+        self.paths: dict[bytes, int] = {}
+        #: directories below the root that could not be watched at start
+        self.unwatched = 0
+        #: held while the watches change (the reader's batches, `rewatch` from the coverer)
+        self.lock = threading.Lock()
+        # watch descriptor -> the directory's path relative to the root with a trailing "/"
+        # ("" for the root), and its full path
+        self._rel: dict[int, str] = {}
+        self._raw: dict[int, bytes] = {}
+        self._root_wd = -1
+        self._gone = False
+        # inotify_init1: the kernel queue size is fixed here. Non-blocking: the reader reads
+        # until the queue is empty, then waits in poll(2) with the stop pipe.
+        self._inotify = INotify(nonblocking=True)
+        self._closed = False
+        self._fd: int = self._inotify.fileno()
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread = threading.Thread(target=self._run, name="inotify-reader", daemon=True)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Watch the tree and start reading. Raises OSError when the root cannot be watched."""
+        try:
+            with self.lock:
+                self._watch_tree(self._root_raw, "", report=False)
+        except BaseException:
+            self._close()
+            raise
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Deliver what is queued, end the thread, close the inotify instance."""
+        if self._thread.is_alive():
+            os.write(self._wake_w, b"x")
+            self._thread.join(_STOP_TIMEOUT)
+        if not self._thread.is_alive():
+            self._close()
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def ident(self) -> int | None:
+        return self._thread.ident
+
+    @property
+    def healthy(self) -> bool:
+        """Reading, and the root has not been deleted."""
+        return self._thread.is_alive() and not self._gone
+
+    def rewatch(self, raw: bytes) -> None:
+        """Try again to watch the tree at `raw` (a full path under the root)."""
+        prefix = self._root_raw + b"/"
+        if not raw.startswith(prefix):
+            return
+        with self.lock:
+            if self._gone or not self._thread.is_alive():
+                return
+            self._watch_tree(raw, os.fsdecode(raw[len(prefix) :]) + "/", report=False)
+
+    def _close(self) -> None:
+        if self._closed:
+            return  # the numbers may belong to other files by now
+        self._closed = True
+        self._inotify.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    # -- watches ---------------------------------------------------------------------------
+
+    def _add(self, raw: bytes, rel_dir: str) -> bool:
+        """Watch one directory (`rel_dir`: relative, with a trailing "/"). False when it
+        cannot be watched; raises for the root."""
+        try:
+            wd: int = self._inotify.add_watch(raw, MASK)
+        except OSError as exc:
+            if not rel_dir:
+                raise
+            if exc.errno not in _GONE:
+                self.unwatched += 1
+                if self._thread.is_alive():
+                    self._unwatched_dir(rel_dir[:-1])
+            return False
+        if not rel_dir:
+            self._root_wd = wd
+        self._rel[wd] = rel_dir
+        self._raw[wd] = raw
+        self.paths[raw] = wd
+        return True
+
+    def _watch_tree(self, raw: bytes, rel_dir: str, *, report: bool) -> None:
+        """Watch the directory and every one under it. With `report`, deliver what is inside
+        already, as watchdog does: a RESCAN of each directory below, a CREATED of each file.
+        Each directory is listed after its watch is added, so nothing falls between."""
+        match = self._match
+        change = self._events.change
+        stack = [(raw, rel_dir)]
+        while stack:
+            path, rel = stack.pop()
+            if not self._add(path, rel):
+                continue
+            try:
+                with os.scandir(path) as entries:
+                    listing = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+            except OSError:
+                continue  # gone meanwhile: its parent's watch says so
+            for name, is_dir in listing:
+                child_rel = rel + os.fsdecode(name)
+                if is_dir:
+                    stack.append((path + b"/" + name, child_rel + "/"))
+                    if report and (match is None or not match(child_rel + "/")):
+                        change(child_rel, _RESCAN)
+                elif report and (match is None or not match(child_rel)):
+                    change(child_rel, _CREATED)
+
+    def _forget(self, wd: int) -> None:
+        self._rel.pop(wd, None)
+        raw = self._raw.pop(wd, None)
+        if raw is not None and self.paths.get(raw) == wd:
+            del self.paths[raw]
+
+    def _unwatch_tree(self, raw: bytes) -> None:
+        """Remove the watches of a directory moved out of the tree and of all under it."""
+        below = raw + b"/"
+        for wd in [w for p, w in self.paths.items() if p == raw or p.startswith(below)]:
+            self._forget(wd)
+            with contextlib.suppress(OSError):  # already gone
+                self._inotify.rm_watch(wd)
+
+    def _move_tree(self, src: bytes, dst: bytes, dst_rel: str) -> bool:
+        """The watches of a directory renamed inside the tree follow it. False when it had
+        none (it could not be watched)."""
+        wd = self.paths.get(src)
+        if wd is None:
+            return False
+        below = src + b"/"
+        moved = [(p, w) for p, w in self.paths.items() if p == src or p.startswith(below)]
+        for path, _ in moved:
+            del self.paths[path]
+        for path, wd in moved:
+            new = dst + path[len(src) :]
+            self.paths[new] = wd
+            self._raw[wd] = new
+            self._rel[wd] = dst_rel + os.fsdecode(path[len(src) :]) + "/"
+        return True
+
+    def _rebuild(self) -> None:
+        """After an overflow: whatever happened to the tree, watch it as it is now."""
+        for wd in list(self._rel):
+            with contextlib.suppress(OSError):
+                self._inotify.rm_watch(wd)
+        self._rel.clear()
+        self._raw.clear()
+        self.paths.clear()
+        try:
+            self._watch_tree(self._root_raw, "", report=False)
+        except OSError:
+            self._gone = True  # the root itself cannot be watched any more
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        fd = self._fd
+        while True:
+            ready = poller.poll()
+            stopping = any(r == self._wake_r for r, _ in ready)
+            while True:
+                data = self._read(fd, 0)
+                if not data:
+                    break
+                with self.lock:
+                    self._handle(parse_events(data))
+                if self._gone or len(data) < _READ_SIZE // 2:
+                    break  # the queue is (nearly) drained: back to poll
+            if stopping or self._gone:
+                return
+
+    def _read(self, fd: int, timeout_ms: int) -> bytes:
+        if timeout_ms:
+            waiting = select.poll()
+            waiting.register(fd, select.POLLIN)
+            if not waiting.poll(timeout_ms):
+                return b""
+        try:
+            return os.read(fd, _READ_SIZE)
+        except BlockingIOError:
+            return b""
+        except OSError:
+            self._gone = True  # the instance is closed: nothing more will come
+            return b""
+
+    def _handle(self, batch: list[tuple[int, int, int, str]]) -> None:
+        """One read's events (under `lock`). The hot path: no stat, no logging per event."""
+        rel_of = self._rel
+        match = self._match
+        change = self._events.change
+        paired: set[int] = set()
+        n = len(batch)
+        i = 0
+        while i < n:
+            wd, mask, cookie, name = batch[i]
+            i += 1
+            if mask & _OVERFLOW:
+                paired.clear()
+                self._rebuild()
+                self._events.overflow()
+                continue
+            prefix = rel_of.get(wd)
+            if prefix is None:
+                continue  # a watch removed meanwhile
+            if not name:  # about the watched directory itself
+                if mask & _IGNORED:
+                    self._forget(wd)
+                    if wd == self._root_wd:
+                        self._gone = True
+                elif mask & _DELETE_SELF and wd == self._root_wd:
+                    self._events.report("source_root_gone", {"root": self.root})
+                    change("", _RESCAN)
+                    self._gone = True
+                continue
+            rel = prefix + name
+            if mask & _ISDIR:
+                if mask & (_CREATE | _MOVED_TO):
+                    if i - 1 in paired:
+                        continue
+                    if match is None or not match(rel + "/"):
+                        change(rel, _RESCAN)
+                    raw = self._raw[wd] + b"/" + os.fsencode(name)
+                    self._watch_tree(raw, rel + "/", report=True)
+                elif mask & _DELETE:
+                    if match is None or not match(rel + "/"):
+                        change(rel, _RESCAN)
+                elif mask & _MOVED_FROM:
+                    j = self._pair(batch, i, cookie)
+                    n = len(batch)  # the wait for the pair may have read more
+                    if j < 0:
+                        if match is None or not match(rel + "/"):
+                            change(rel, _RESCAN)
+                        self._unwatch_tree(self._raw[wd] + b"/" + os.fsencode(name))
+                    else:
+                        paired.add(j)
+                        self._dir_moved(wd, name, batch[j])
+                continue
+            if mask & _CLOSE_WRITE:
+                kind = _MODIFIED
+            elif mask & _CREATE:
+                kind = _CREATED
+            elif mask & _DELETE:
+                kind = _DELETED
+            elif mask & _MOVED_TO:
+                if i - 1 in paired:
+                    continue
+                kind = _CREATED  # moved in from outside the tree
+            elif mask & _MOVED_FROM:
+                j = self._pair(batch, i, cookie)
+                n = len(batch)
+                if j < 0:
+                    kind = _DELETED  # moved out of the tree
+                else:
+                    paired.add(j)
+                    to_wd, _, _, to_name = batch[j]
+                    to_prefix = rel_of.get(to_wd)
+                    if match is None or not match(rel):
+                        change(rel, _MOVED)
+                    if to_prefix is not None:
+                        dest = to_prefix + to_name
+                        if match is None or not match(dest):
+                            change(dest, _MOVED)
+                    continue
+            else:
+                continue
+            if match is None or not match(rel):
+                change(rel, kind)
+
+    def _pair(self, batch: list[tuple[int, int, int, str]], start: int, cookie: int) -> int:
+        """The index of the IN_MOVED_TO of `cookie` among the events after `start`; -1 when
+        there is none (moved out of the tree). Reads more when the batch ends first."""
+        end = min(len(batch), start + _PAIR_LOOKAHEAD)
+        for j in range(start, end):
+            ev = batch[j]
+            if ev[2] == cookie and ev[1] & _MOVED_TO:
+                return j
+        if end == len(batch) and end - start < _PAIR_LOOKAHEAD:
+            more = self._read(self._fd, _PAIR_WAIT_MS)
+            if more:
+                batch.extend(parse_events(more))
+                return self._pair(batch, end, cookie) if len(batch) > end else -1
+        return -1
+
+    def _dir_moved(self, from_wd: int, from_name: str, to: tuple[int, int, int, str]) -> None:
+        """A directory renamed inside the tree: both ends are RESCANs, and each file and
+        directory under it is reported at both ends (what watchdog's synthetic move events
+        deliver)."""
+        match = self._match
+        change = self._events.change
+        to_wd, _, _, to_name = to
+        src_rel = self._rel[from_wd] + from_name
+        to_prefix = self._rel.get(to_wd)
+        if to_prefix is None:
+            return
+        dst_rel = to_prefix + to_name
+        src = self._raw[from_wd] + b"/" + os.fsencode(from_name)
+        dst = self._raw[to_wd] + b"/" + os.fsencode(to_name)
+        for rel in (src_rel, dst_rel):
+            if match is None or not match(rel + "/"):
+                change(rel, _RESCAN)
+        if not self._move_tree(src, dst, dst_rel + "/"):
+            self._watch_tree(dst, dst_rel + "/", report=False)
+        for parent, dirs, files in os.walk(dst):
+            sub = os.fsdecode(parent[len(dst) :]).lstrip("/")
+            sub = sub + "/" if sub else ""
+            for name in dirs:
+                tail = sub + os.fsdecode(name)
+                for rel in (src_rel + "/" + tail, dst_rel + "/" + tail):
+                    if match is None or not match(rel + "/"):
+                        change(rel, _RESCAN)
+            for name in files:
+                tail = sub + os.fsdecode(name)
+                for rel in (src_rel + "/" + tail, dst_rel + "/" + tail):
+                    if match is None or not match(rel):
+                        change(rel, _MOVED)
