@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from invalidatord.contracts import Source, TreeScanner
 from invalidatord.errors import SourceError
 from invalidatord.model import Change, ChangeKind, FileStat
+from invalidatord.sources import watcher
 from invalidatord.sources.filesystem import (
     DEFAULT_IGNORE,
     OVERFLOW_LOGGER,
@@ -31,7 +32,6 @@ from invalidatord.sources.filesystem import (
     FilesystemSource,
 )
 from invalidatord.sources.memory import MemorySource
-from invalidatord.sources import watcher
 from invalidatord.sources.watcher import Watch, queue_warning
 from tests.harness import Collector
 from tests.waiting import wait_for

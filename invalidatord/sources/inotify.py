@@ -264,7 +264,8 @@ class InotifyReader:
             new = dst + path[len(src) :]
             self.paths[new] = wd
             self._raw[wd] = new
-            self._rel[wd] = dst_rel + os.fsdecode(path[len(src) :]) + "/"
+            tail = os.fsdecode(path[len(below) :]) + "/" if path != src else ""
+            self._rel[wd] = dst_rel + tail
         return True
 
     def _rebuild(self) -> None:
