@@ -181,16 +181,18 @@ class DaemonSubject:
 
 
 class WatchdogSubject:
-    def __init__(self, root: Path, rels: list[str]) -> None:
+    """watchdog alone, or (`module="bench.reader_alone"`) invalidatord's watcher process alone."""
+
+    def __init__(self, root: Path, rels: list[str], module: str = "bench.watchdog_alone") -> None:
         self.proc = spawn(
-            [PYTHON, "-m", "bench.watchdog_alone", str(root), "--expect", str(len(rels))],
+            [PYTHON, "-m", module, str(root), "--expect", str(len(rels))],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=REPO,
         )
         self.out = read_json_lines(self.proc)
         self.err = JsonLines(self.proc.stderr)
-        self.out.wait(lambda e: "ready" in e, 120, "watchdog ready", self._alive)
+        self.out.wait(lambda e: "ready" in e, 120, f"{module} ready", self._alive)
         self.pid = self.proc.pid
         self.expect = len(rels)
 
@@ -261,7 +263,7 @@ def throughput(ctx: Ctx) -> dict[str, Any]:
     shutil.rmtree(root, ignore_errors=True)
     tree.make_dirs(root, rels)
     ctx.emulator.hold(True)  # like CloudFront: the first batch stays in flight for minutes
-    subjects = ["invalidatord", "watchdog", "inotifywait"]
+    subjects = ["invalidatord", "watchdog", "reader", "inotifywait"]
     samples: list[dict[str, Any]] = []
     try:
         for rep in range(ctx.reps):
@@ -288,6 +290,8 @@ def _start_subject(
         return DaemonSubject(ctx, base / f"daemon-{rep}-{kind}", root, rels)
     if name == "watchdog":
         return WatchdogSubject(root, rels)
+    if name == "reader":
+        return WatchdogSubject(root, rels, "bench.reader_alone")
     return InotifywaitSubject(base, root, rels, 2 if kind == "create" else 1)
 
 
@@ -376,7 +380,7 @@ def _drain_once(
 def _throughput_summary(ctx: Ctx, samples: list[dict[str, Any]]) -> dict[str, Any]:
     med: dict[str, dict[str, dict[str, float]]] = {}
     for kind in ("create", "append"):
-        for name in ("invalidatord", "watchdog", "inotifywait"):
+        for name in ("invalidatord", "watchdog", "reader", "inotifywait"):
             rows = [r for r in samples if r["subject"] == name and r["pass"] == kind]
             med.setdefault(kind, {})[name] = {
                 "files_per_s": rnd(median([r["files_per_s"] for r in rows]), 1),
@@ -392,6 +396,16 @@ def _throughput_summary(ctx: Ctx, samples: list[dict[str, Any]]) -> dict[str, An
             ),
             "watchdog_vs_inotifywait": rnd(
                 ratio(m["watchdog"]["files_per_s"], m["inotifywait"]["files_per_s"])
+            ),
+            # the native reader's target (#15): >= 0.3x inotifywait, end to end and alone
+            "invalidatord_vs_inotifywait": rnd(
+                ratio(m["invalidatord"]["files_per_s"], m["inotifywait"]["files_per_s"])
+            ),
+            "reader_vs_inotifywait": rnd(
+                ratio(m["reader"]["files_per_s"], m["inotifywait"]["files_per_s"])
+            ),
+            "reader_vs_watchdog": rnd(
+                ratio(m["reader"]["files_per_s"], m["watchdog"]["files_per_s"])
             ),
         }
         for kind, m in med.items()

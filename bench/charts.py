@@ -10,7 +10,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-_COLORS = {"invalidatord": "#1f77b4", "watchdog": "#ff7f0e", "inotifywait": "#2ca02c"}
+_COLORS = {
+    "invalidatord": "#1f77b4",
+    "watchdog": "#ff7f0e",
+    "reader": "#9467bd",
+    "inotifywait": "#2ca02c",
+}
 
 
 def draw_all(results: dict[str, Any], out: Path) -> list[Path]:
@@ -37,18 +42,24 @@ def _save(fig: Any, path: Path) -> None:
 
 def _throughput(r: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    subjects = ["invalidatord", "watchdog", "inotifywait"]
-    width = 0.27
+    # "reader": invalidatord's watcher process alone (runs without it have three bars)
+    subjects = [
+        n
+        for n in ("invalidatord", "watchdog", "reader", "inotifywait")
+        if n in r["median"]["create"]
+    ]
+    width = 0.8 / len(subjects)
     for i, name in enumerate(subjects):
         xs, ys = [], []
         for j, kind in enumerate(("create", "append")):
-            xs.append(j + (i - 1) * width)
+            xs.append(j + (i - (len(subjects) - 1) / 2) * width)
             ys.append(r["median"][kind][name]["files_per_s"])
             pts = [
                 s["files_per_s"] for s in r["samples"] if s["subject"] == name and s["pass"] == kind
             ]
             ax.scatter([xs[-1]] * len(pts), pts, color="black", s=8, zorder=3)
-        ax.bar(xs, ys, width, label=name, color=_COLORS[name])
+        label = "watcher process alone" if name == "reader" else name
+        ax.bar(xs, ys, width, label=label, color=_COLORS[name])
     ax.set_xticks([0, 1], ["create pass", "append pass"])
     ax.set_ylabel("files/s (median; dots = repetitions)")
     ax.set_yscale("log")

@@ -297,6 +297,13 @@ def report(r: dict[str, Any]) -> str:
                 f"           invalidatord/watchdog {_f(rr['invalidatord_vs_watchdog'], 'x')}, "
                 f"watchdog/inotifywait {_f(rr['watchdog_vs_inotifywait'], 'x')}"
             )
+            if "reader_vs_inotifywait" in rr:
+                lines.append(
+                    "           invalidatord/inotifywait "
+                    f"{_f(rr['invalidatord_vs_inotifywait'], 'x')}, watcher process alone: "
+                    f"{_f(rr['reader_vs_inotifywait'], 'x')} inotifywait, "
+                    f"{_f(rr['reader_vs_watchdog'], 'x')} watchdog"
+                )
         lines.append(f"   target {tp['target']['rule']}: {_met(tp['target']['met'])}")
     lat = r.get("latency")
     if lat and "error" not in lat:
