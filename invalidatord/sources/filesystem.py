@@ -52,7 +52,7 @@ from invalidatord.contracts import ChangeSink
 from invalidatord.errors import SourceError
 from invalidatord.model import DEFAULT_IGNORE, Change, ChangeKind, FileStat
 from invalidatord.sources.content import Hashed, file_digest
-from invalidatord.sources.ignore import GIT_LOCK, matchers, with_fences
+from invalidatord.sources.ignore import GIT_LOCK, matchers, walk_filter, with_fences
 from invalidatord.sources.watcher import (
     OVERFLOW_LOGGER,
     OVERFLOW_MESSAGE,
@@ -195,7 +195,8 @@ class FilesystemSource(WatchEvents):
         self._clock = clock
         self._metrics = metrics
         spec = pathspec.GitIgnoreSpec.from_lines(self.ignore)
-        self._match, self._scan_match = matchers(spec)
+        self._match = matchers(spec)[0]
+        self._walk_filter = walk_filter(spec)
         self._set_root(os.path.realpath(self.root))
         self._lock = threading.Lock()
         self._watch: Watch | WatchProcess | None = None
@@ -356,14 +357,16 @@ class FilesystemSource(WatchEvents):
         listing = self._sorted_listing(top, top_dir)
         if not listing:
             return
-        file_stat = FileStat
-        stack = [iter(listing)]
+        make = FileStat._make  # tuple.__new__: 0.1 us a file less than FileStat(...)
+        stack = [(top_dir, iter(listing))]
         while stack:
-            for rel, entry, is_dir in stack[-1]:
-                if is_dir:
-                    listing = self._sorted_listing(entry.path, rel)
+            rel_dir, entries = stack[-1]
+            for name, entry in entries:
+                if name[-1] == "/":
+                    sub = rel_dir + name
+                    listing = self._sorted_listing(entry.path, sub)
                     if listing:
-                        stack.append(iter(listing))
+                        stack.append((sub, iter(listing)))
                         break
                     continue
                 try:
@@ -374,44 +377,46 @@ class FilesystemSource(WatchEvents):
                         continue
                 except OSError:
                     continue
-                yield rel, file_stat(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+                yield (
+                    rel_dir + name,
+                    make((st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, None)),
+                )
             else:
                 stack.pop()
 
-    def _sorted_listing(
-        self, directory: str, rel_dir: str
-    ) -> list[tuple[str, os.DirEntry[str], bool]]:
-        """The entries of one directory `scan` visits, as (relative path, entry, is a
-        directory) sorted by the byte order of the paths under them: a subdirectory's relative
-        path ends with "/". Ignored entries are left out; an unreadable directory is empty."""
-        by_name, by_path = self._scan_match
-        keyed: dict[str, tuple[str, os.DirEntry[str], bool]] = {}
+    def _sorted_listing(self, directory: str, rel_dir: str) -> list[tuple[str, os.DirEntry[str]]]:
+        """The entries of one directory `scan` visits, as (name, entry), a subdirectory's
+        name ending with "/", sorted by the byte order of the paths under them. Ignored
+        entries are left out; an unreadable directory is empty."""
+        keyed: dict[str, os.DirEntry[str]] = {}
         try:
             with os.scandir(directory) as entries:
                 for entry in entries:
-                    name = entry.name
                     try:
                         is_dir = entry.is_dir(follow_symlinks=False)
                     except OSError:
                         continue
-                    if is_dir:
-                        name += "/"
-                    if (by_name is not None and by_name(name)) or (
-                        by_path is not None and by_path(rel_dir + name)
-                    ):
-                        continue
-                    keyed[name] = (rel_dir + name, entry, is_dir)
+                    keyed[entry.name + "/" if is_dir else entry.name] = entry
         except OSError as exc:
             if exc.errno not in _VANISHED:
                 log.warning("scan_unreadable", source=self.name, path=rel_dir, error=describe(exc))
             return []
+        walk = self._walk_filter
+        # The ignore list a directory at a time, the regexes called from C by filter():
+        # about 0.15 s less per 100,000 files than two calls of a Python function each.
+        ignored = [] if walk.by_name is None else list(filter(walk.by_name, keyed))
+        if walk.paths_may_match(rel_dir):
+            by_path = walk.by_path
+            ignored += [name for name in keyed if by_path(rel_dir + name)]  # type: ignore[misc]
+        for name in ignored:
+            keyed.pop(name, None)
         try:
             # Without surrogate escapes, code point order is UTF-8 byte order.
             "".join(keyed).encode("utf-8")
             order = sorted(keyed)
         except UnicodeEncodeError:
             order = sorted(keyed, key=lambda name: name.encode("utf-8", "surrogateescape"))
-        return [keyed[name] for name in order]
+        return [(name, keyed[name]) for name in order]
 
     def stat(self, path: str) -> FileStat | None:
         """The file's stat now (lstat for a symlink to a file, as `scan` reports it), or None

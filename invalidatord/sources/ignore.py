@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import pathspec
 
 __all__ = [
     "GIT_LOCK",
     "Match",
+    "WalkFilter",
     "deciding_pattern",
     "fence_patterns",
     "full_regex",
@@ -66,6 +68,89 @@ def matchers(
         _alternation(sources),
         (_alternation(["^" + n for n in names]), _alternation(paths)),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class WalkFilter:
+    """The ignore list as a sorted tree walk asks it, a directory's entries at a time: the
+    same answers as `matchers(...)[1]`, with the regexes' own `match` (truthy = ignored) so
+    that `filter(by_name, names)` runs in C, and with the literal start of every pattern that
+    needs the whole path, so that the directories no path pattern can reach skip it."""
+
+    by_name: Callable[[str], object] | None
+    by_path: Callable[[str], object] | None
+    #: every path matched by `by_path` starts with one of these; None = any path may match
+    path_starts: tuple[str, ...] | None
+
+    def paths_may_match(self, rel_dir: str) -> bool:
+        """Whether `by_path` can match anything under `rel_dir` ("" or ending with "/")."""
+        if self.by_path is None:
+            return False
+        starts = self.path_starts
+        return starts is None or any(
+            start.startswith(rel_dir) or rel_dir.startswith(start) for start in starts
+        )
+
+
+def walk_filter(spec: pathspec.GitIgnoreSpec) -> WalkFilter:
+    """`matchers(spec)[1]` for `FilesystemSource.scan` (see `WalkFilter`)."""
+    sources = _sources(spec)
+    if sources is None:
+        return WalkFilter(None, spec.match_file, None)
+    names = ["^" + s[len(_ANY_DIRS) :] for s in sources if _is_name_pattern(s)]
+    paths = [s for s in sources if not _is_name_pattern(s)]
+    starts = [_literal_start(s) for s in paths]
+    return WalkFilter(
+        _compiled(names),
+        _compiled(paths),
+        None if None in starts else tuple(s for s in starts if s is not None),
+    )
+
+
+_REGEX_SPECIALS = frozenset(".^$*+?{}[]|()\\")
+_QUANTIFIERS = frozenset("*+?{")
+
+
+def _literal_start(source: str) -> str | None:
+    """The literal text every match of the regex `source` (as pathspec writes them: "^" and
+    escaped characters first) starts with; None when there is none or it cannot tell (a
+    top-level alternation)."""
+    depth = 0
+    escaped = False
+    for c in source:  # a "|" outside every group would make the start optional
+        if escaped:
+            escaped = False
+        elif c == "\\":
+            escaped = True
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "|" and depth == 0:
+            return None
+    if not source.startswith("^"):
+        return None
+    start: list[str] = []
+    i = 1
+    while i < len(source):
+        c = source[i]
+        if c == "\\" and i + 1 < len(source) and not source[i + 1].isalnum():
+            start.append(source[i + 1])
+            i += 2
+        elif c not in _REGEX_SPECIALS:
+            start.append(c)
+            i += 1
+        else:
+            if c in _QUANTIFIERS and start:
+                start.pop()  # the character before a quantifier may be absent
+            break
+    return "".join(start) or None
+
+
+def _compiled(sources: list[str]) -> Callable[[str], object] | None:
+    if not sources:
+        return None
+    return re.compile("|".join("(?:" + s + ")" for s in sources)).match
 
 
 def full_regex(lines: Iterable[str]) -> str | None:
