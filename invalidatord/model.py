@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 #: CloudFront's per-distribution limits on paths in progress (docs/cloudfront.md).
 MAX_FILE_PATHS_IN_FLIGHT = 3000
@@ -52,21 +53,34 @@ class Change:
     receipt: str | None = field(default=None, compare=False)
 
 
-@dataclass(frozen=True, slots=True)
-class FileStat:
+class FileStat(NamedTuple):
     """What the catch-up index remembers of one file (size, mtime, inode: what equality
     compares). `ctime_ns` comes with a listing but is neither stored nor compared: nothing
     can set it back, so it tells a file changed since a moment even when its mtime was
     preserved (rsync -a, cp -p); 0 = unknown. `digest` is a hash of the file's bytes, known
     when the source compares content (`compare: content`) or after a release swap read the
     file; None = not known. Not compared either: equal stats mean "not touched", equal
-    digests mean "same bytes", and the two questions are asked separately."""
+    digests mean "same bytes", and the two questions are asked separately.
+
+    A named tuple, not a frozen dataclass: a catch-up builds two for every file (the listing
+    and the index), and this one is built in 0.24 us instead of 0.82 (about 0.1 s per
+    100,000 files)."""
 
     size: int
     mtime_ns: int
     inode: int
-    ctime_ns: int = field(default=0, compare=False)
-    digest: bytes | None = field(default=None, compare=False)
+    ctime_ns: int = 0
+    digest: bytes | None = None
+
+    # tuple's own comparisons would compare ctime_ns and digest too
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FileStat) and self[:3] == other[:3]
+
+    def __ne__(self, other: object) -> bool:
+        return not (isinstance(other, FileStat) and self[:3] == other[:3])
+
+    def __hash__(self) -> int:
+        return hash(self[:3])
 
 
 @dataclass(frozen=True, slots=True)
