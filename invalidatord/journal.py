@@ -860,19 +860,18 @@ class Journal:
         else:
             low = b""
         cond = "AND path < ? " if upper else ""
+        # each row is (path, FileStat's fields), so FileStat._make (tuple.__new__) builds it
         select = (
-            "SELECT path, size, mtime_ns, inode, digest FROM fs_index WHERE source = ? AND path"
+            "SELECT path, size, mtime_ns, inode, 0, digest FROM fs_index WHERE source = ? AND path"
         )
         first = f"{select} >= ? {cond}ORDER BY path LIMIT ?"
         more = f"{select} > ? {cond}ORDER BY path LIMIT ?"
         args = (*upper, page)
+        make = FileStat._make
         rows = self._read(first, (source, low, *args))
         while rows:
-            for raw, size, mtime_ns, inode, digest in rows:
-                yield (
-                    raw.decode("utf-8", "surrogateescape"),
-                    FileStat(size, mtime_ns, inode, 0, digest),
-                )
+            for row in rows:
+                yield row[0].decode("utf-8", "surrogateescape"), make(row[1:])
             if len(rows) < page:
                 return
             rows = self._read(more, (source, rows[-1][0], *args))
