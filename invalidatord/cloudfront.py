@@ -26,6 +26,7 @@ import boto3
 import boto3.session
 import botocore.credentials
 import botocore.exceptions
+import botocore.regions
 import botocore.session
 import structlog
 from botocore.config import Config
@@ -248,6 +249,7 @@ def make_session(
         base = boto3.session.Session(region_name=region, profile_name=profile)
     except botocore.exceptions.ProfileNotFound as exc:
         raise ConfigError([f"aws.profile: no AWS profile named {profile!r} ({exc})"]) from exc
+    _lighten(base._session)
     if role_arn is None:
         return base
     client_creator = functools.partial(
@@ -263,9 +265,48 @@ def make_session(
         extra_args={"RoleSessionName": ROLE_SESSION_NAME},
     )
     assumed = boto3.session.Session(region_name=region, profile_name=profile)
+    _lighten(assumed._session)
     resolver = botocore.credentials.CredentialResolver(providers=[_AssumeRoleProvider(fetcher)])
     assumed._session.register_component("credential_provider", resolver)
     return assumed
+
+
+#: The services the daemon makes clients of: botocore's endpoint data is kept for these only.
+AWS_SERVICES = frozenset({"cloudfront", "sts", "sqs", "s3"})
+
+
+def _lighten(session: botocore.session.Session) -> None:
+    """Make `session`'s endpoint resolver keep only `AWS_SERVICES` of botocore's endpoint
+    data: all of it (endpoints.json, every service of every partition) is 6.7 MiB of Python
+    objects that the session would hold for as long as it lives, to resolve four services.
+
+    The resolver is built as botocore builds it, on the first client made, from the same
+    data; the full data is dropped from the loader's cache once pruned, so that its memory is
+    reused by what the daemon allocates next. Only botocore's internals allow this: when
+    they are not as expected the session is left as it is (more memory, same behaviour)."""
+    components = getattr(session, "_internal_components", None)
+    register = getattr(components, "lazy_register_component", None)
+    if register is None:
+        return
+
+    def pruned_resolver() -> botocore.regions.EndpointResolver:
+        loader = session.get_component("data_loader")
+        endpoints, path = loader.load_data_with_path("endpoints")
+        cache = getattr(loader, "_cache", None)
+        if isinstance(cache, dict):
+            for key in [k for k, v in cache.items() if v is endpoints or v == (endpoints, path)]:
+                del cache[key]
+        kept = {
+            **endpoints,
+            "partitions": [
+                {**p, "services": {n: v for n, v in p["services"].items() if n in AWS_SERVICES}}
+                for p in endpoints["partitions"]
+            ],
+        }
+        uses_builtin = loader.is_builtin_path(path)
+        return botocore.regions.EndpointResolver(kept, uses_builtin_data=uses_builtin)
+
+    register("endpoint_resolver", pruned_resolver)
 
 
 # -- the edge ---------------------------------------------------------------------------------
