@@ -1,4 +1,4 @@
-"""The CloudFront edge: boto3 calls in, model values and `SinkError`s out.
+"""The CloudFront edge: botocore calls in, model values and `SinkError`s out.
 
 Every botocore exception is translated here (`translate`), so nothing above this module knows
 botocore exists. botocore itself retries throttling, 5xx and transport errors (retry mode
@@ -22,8 +22,6 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-import boto3
-import boto3.session
 import botocore.credentials
 import botocore.exceptions
 import botocore.regions
@@ -206,7 +204,7 @@ class _SourceCredentials:
     """The base session's credentials, resolved when the role is (re)assumed, not before: a
     daemon that starts without credentials fails on its first call with a clear error."""
 
-    def __init__(self, session: boto3.session.Session) -> None:
+    def __init__(self, session: AwsSession) -> None:
         self._session = session
 
     def get_frozen_credentials(self) -> botocore.credentials.ReadOnlyCredentials:
@@ -229,6 +227,34 @@ class _AssumeRoleProvider(botocore.credentials.CredentialProvider):  # type: ign
         )
 
 
+class AwsSession:
+    """The session every AWS client of the daemon is made from: botocore's, with the part of
+    boto3's Session the daemon uses (`client`, `get_credentials`, `region_name`). boto3 itself
+    (resources, the S3 transfer manager and what it imports: multiprocessing,
+    concurrent.futures) is about 2 MiB of the daemon's peak memory, for nothing it calls."""
+
+    def __init__(self, region: str | None, profile: str | None) -> None:
+        self.botocore = botocore.session.Session(profile=profile)
+        if region is not None:
+            self.botocore.set_config_variable("region", region)
+        # a profile that does not exist raises ProfileNotFound here, not at the first call
+        self.botocore.get_scoped_config()
+        _lighten(self.botocore)
+
+    @property
+    def region_name(self) -> str | None:
+        region = self.botocore.get_config_variable("region")
+        return None if region is None else str(region)
+
+    def client(self, service: str, *, endpoint_url: str | None = None, config: Any = None) -> Any:
+        return self.botocore.create_client(
+            service, region_name=self.region_name, endpoint_url=endpoint_url, config=config
+        )
+
+    def get_credentials(self) -> botocore.credentials.Credentials | None:
+        return self.botocore.get_credentials()
+
+
 def make_session(
     region: str | None,
     profile: str | None,
@@ -236,8 +262,8 @@ def make_session(
     *,
     sts_endpoint_url: str | None = None,
     sts_config: Config | None = None,
-) -> boto3.session.Session:
-    """A boto3 session from the standard credential chain (optionally a named profile).
+) -> AwsSession:
+    """A session from the standard credential chain (optionally a named profile).
 
     With `role_arn`, the session's credentials are that role's, assumed on first use (session
     name "invalidatord") and re-assumed before they expire, for as long as the daemon runs.
@@ -246,14 +272,13 @@ def make_session(
     Raises ConfigError when the profile does not exist.
     """
     try:
-        base = boto3.session.Session(region_name=region, profile_name=profile)
+        base = AwsSession(region, profile)
     except botocore.exceptions.ProfileNotFound as exc:
         raise ConfigError([f"aws.profile: no AWS profile named {profile!r} ({exc})"]) from exc
-    _lighten(base._session)
     if role_arn is None:
         return base
     client_creator = functools.partial(
-        base._session.create_client,  # the botocore session: boto3 offers no public handle
+        base.botocore.create_client,
         region_name=base.region_name,
         endpoint_url=sts_endpoint_url,
         config=sts_config,
@@ -264,10 +289,9 @@ def make_session(
         role_arn=role_arn,
         extra_args={"RoleSessionName": ROLE_SESSION_NAME},
     )
-    assumed = boto3.session.Session(region_name=region, profile_name=profile)
-    _lighten(assumed._session)
+    assumed = AwsSession(region, profile)
     resolver = botocore.credentials.CredentialResolver(providers=[_AssumeRoleProvider(fetcher)])
-    assumed._session.register_component("credential_provider", resolver)
+    assumed.botocore.register_component("credential_provider", resolver)
     return assumed
 
 
@@ -328,7 +352,7 @@ def _invalidation(raw: dict[str, Any]) -> Invalidation:
 
 
 class Boto3CloudFront:
-    """`contracts.CloudFront` over boto3. Thread-safe (one boto3 client, which is)."""
+    """`contracts.CloudFront` over botocore. Thread-safe (one client, which is)."""
 
     #: ListInvalidations page size.
     PAGE_SIZE = 100
@@ -338,7 +362,7 @@ class Boto3CloudFront:
 
     def __init__(
         self,
-        session: boto3.session.Session,
+        session: AwsSession,
         *,
         endpoint_url: str | None = None,
         connect_timeout: float = 5,
@@ -361,7 +385,7 @@ class Boto3CloudFront:
         self.calls: collections.Counter[str] = collections.Counter()
 
     def _get_client(self) -> Any:
-        """The boto3 client, made on first use: making it resolves credentials, which may fail
+        """The botocore client, made on first use: making it resolves credentials, which may fail
         (PartialCredentialsError), and that failure belongs to a call, where it is translated."""
         with self._lock:
             if self._client is None:

@@ -40,7 +40,7 @@ def limits_for(cfg: Config) -> Limits:
 
 
 def session_for(cfg: Config, client_config: BotoConfig | None = None) -> Any:
-    """The boto3 session every client of the daemon uses. With `aws.role_arn`, AssumeRole goes
+    """The AWS session every client of the daemon uses. With `aws.role_arn`, AssumeRole goes
     to `aws.endpoint_url` too when one is set (an emulator serves STS as well), with
     `client_config` (timeouts, retries) when given."""
     return make_session(
@@ -53,7 +53,7 @@ def session_for(cfg: Config, client_config: BotoConfig | None = None) -> Any:
 
 
 def client_for(cfg: Config, service: str, client_config: BotoConfig | None = None) -> Any:
-    """A boto3 client of `service` (sqs, s3) with the daemon's session and endpoint;
+    """A client of `service` (sqs, s3) with the daemon's session and endpoint;
     `client_config` (botocore's Config: timeouts, retries) for callers that need their own."""
     return session_for(cfg, client_config).client(
         service, endpoint_url=cfg.aws.endpoint_url, config=client_config
