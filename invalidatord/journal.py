@@ -864,18 +864,18 @@ class Journal:
         else:
             low = b""
         cond = "AND path < ? " if upper else ""
-        # each row is (path, FileStat's fields), so FileStat._make (tuple.__new__) builds it
+        # each row is (path, FileStat's fields): tuple.__new__ builds the FileStat in C
         select = (
             "SELECT path, size, mtime_ns, inode, 0, digest FROM fs_index WHERE source = ? AND path"
         )
         first = f"{select} >= ? {cond}ORDER BY path LIMIT ?"
         more = f"{select} > ? {cond}ORDER BY path LIMIT ?"
         args = (*upper, page)
-        make = FileStat._make
+        new = tuple.__new__
         rows = self._read(first, (source, low, *args))
         while rows:
             for row in rows:
-                yield row[0].decode("utf-8", "surrogateescape"), make(row[1:])
+                yield row[0].decode("utf-8", "surrogateescape"), new(FileStat, row[1:])
             if len(rows) < page:
                 return
             rows = self._read(more, (source, rows[-1][0], *args))
