@@ -59,6 +59,9 @@ def aws_env() -> dict[str, str]:
         AWS_SHARED_CREDENTIALS_FILE=os.devnull,
         AWS_CONFIG_FILE=os.devnull,
         PYTHONUNBUFFERED="1",
+        # `-m` would put the working directory (the repository) first on sys.path, ahead of
+        # the snapshot `--rev` measures
+        PYTHONSAFEPATH="1",
         PYTHONPATH=os.pathsep.join(p for p in (os.environ.get(SOURCE_ENV), str(REPO)) if p),
     )
     return env
