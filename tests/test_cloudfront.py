@@ -1,4 +1,4 @@
-"""The boto3 CloudFront edge against the emulator: calls, translation, retries, dry run."""
+"""The CloudFront edge against the emulator: calls, translation, retries, dry run."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from typing import Any
 
 import botocore.credentials
 import botocore.exceptions
+import botocore.session
 import pytest
 import structlog
 from structlog.testing import capture_logs
 
 from invalidatord.cloudfront import (
+    AWS_SERVICES,
     Boto3CloudFront,
     DryRunCloudFront,
     make_session,
@@ -479,3 +481,19 @@ def test_user_agent_names_invalidatord(cloudfront: CloudFrontEmulator) -> None:
     )
     cf.check_distribution(cloudfront.distribution_id)
     assert f"invalidatord/{__version__}" in seen[0]
+
+
+@pytest.mark.parametrize("region", ["us-east-1", "eu-west-1", "cn-north-1", "us-gov-west-1"])
+def test_session_resolves_endpoints_as_botocore_does(aws_env: None, region: str) -> None:
+    """The session's endpoint data, cut down to the services the daemon uses, resolves each of
+    them (URL, partition, signing region and name) exactly as botocore's full data does; a
+    service outside the cut still gets a client."""
+    ours = make_session(region, None, None)
+    full = botocore.session.get_session()
+    for service in sorted(AWS_SERVICES):
+        a = ours.client(service)
+        b = full.create_client(service, region_name=region)
+        assert (a.meta.endpoint_url, a.meta.partition) == (b.meta.endpoint_url, b.meta.partition)
+        assert a._request_signer._region_name == b._request_signer._region_name
+        assert a._request_signer._signing_name == b._request_signer._signing_name
+    assert ours.client("sns").meta.service_model.service_name == "sns"

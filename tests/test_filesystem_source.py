@@ -31,6 +31,7 @@ from invalidatord.sources.filesystem import (
     OVERFLOW_MESSAGE,
     FilesystemSource,
 )
+from invalidatord.sources.ignore import matchers, walk_filter
 from invalidatord.sources.memory import MemorySource
 from invalidatord.sources.watcher import Watch, queue_warning
 from tests.harness import Collector
@@ -314,6 +315,7 @@ pattern_sets = st.sampled_from(
         ["/cache/", "docs/*.tmp", "a/**/b", "build", "*.min.*", "[ab]?.css"],
         ["*.log", "!keep.log", "tmp/"],
         ["**/node_modules/", "x/*/y", "\\#lit", "sp ace"],
+        ["/.git/index.lock", "/a/b", "docs/x.tmp", "x*/y", "c?che/"],
     ]
 )
 rel_paths = st.lists(
@@ -341,6 +343,29 @@ def test_fast_ignore_matcher_agrees_with_pathspec(
     source = FilesystemSource("docroot", root, sink, ignore=patterns)
     assert source.is_ignored(path) == spec.match_file(path)
     assert source.is_ignored(path + "/") == spec.match_file(path + "/")
+
+
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(patterns=pattern_sets, path=rel_paths, is_dir=st.booleans())
+def test_walk_filter_agrees_with_the_scan_matchers(
+    patterns: list[str], path: str, is_dir: bool
+) -> None:
+    """The scan's per-directory filter (names through one regex, path patterns only in the
+    directories their literal start can reach) ignores exactly what the per-entry matchers
+    ignore, for files and directories."""
+    spec = pathspec.GitIgnoreSpec.from_lines(patterns)
+    by_name, by_path = matchers(spec)[1]
+    walk = walk_filter(spec)
+    rel_dir, _, name = path.rpartition("/")
+    rel_dir = rel_dir + "/" if rel_dir else ""
+    name += "/" if is_dir else ""
+    expected = bool(by_name and by_name(name)) or bool(by_path and by_path(rel_dir + name))
+    got = bool(walk.by_name and walk.by_name(name)) or bool(
+        walk.paths_may_match(rel_dir) and walk.by_path and walk.by_path(rel_dir + name)
+    )
+    assert got == expected
 
 
 # -- directories --------------------------------------------------------------------------
