@@ -34,8 +34,11 @@ log = structlog.get_logger(__name__)
 
 #: How many queued changes one loop iteration takes before checking for due flushes.
 _DRAIN_MAX = 2_000
-#: Paths per journal transaction when a flush is accepted.
-_ACCEPT_CHUNK = 2_000
+#: Paths per journal transaction when a flush is accepted: each commit is an fsync
+#: (synchronous=FULL), so a 10,000-path flush is one commit, not five (with the ASCII
+#: shortcut in `_map`, measured in process at load 3-4: 196 -> 138 ms wall, 133 -> 120 ms
+#: CPU, the same run's medians); a rescan of a larger tree is still chunked.
+_ACCEPT_CHUNK = 10_000
 #: Paths prepared per loop iteration while a window is open (~10 ms of work, so changes
 #: arriving meanwhile are still taken promptly).
 _PREPARE_CHUNK = 500
@@ -477,7 +480,11 @@ class Pipeline:
                 log.debug("change_unmatched", source=source, path=path)
             first_seen = files[path].first_seen
             # a non-UTF-8 name carries surrogate escapes, which SQLite text cannot hold
-            readable = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            readable = (
+                path
+                if path.isascii()  # nearly every path: skips a round trip through bytes
+                else path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            )
             origin = f"{source}:{readable}"
             # Without a file to fingerprint (S3 sources), each change is its own version.
             version = p.fingerprint or f"t:{first_seen!r}"
