@@ -7,6 +7,7 @@ end of its first start's baseline, CPU seconds (utime + stime, /proc/PID/stat) a
 (times each thread was scheduled onto a CPU: the second field of /proc/PID/task/TID/schedstat,
 summed over threads) of the daemon and of its watcher process, every 30 s and at the end.
 Prints one JSON line per sample and a summary; nothing is timed against a target.
+`python -m bench --only idle` runs the same measurement as a case of the benchmark.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +42,16 @@ def _sample(pids: dict[str, int]) -> dict[str, dict[str, float]]:
     return {n: {"cpu_s": cpu_seconds(p), "wakeups": _wakeups(p)} for n, p in pids.items()}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=600.0, help="measured interval (600)")
-    ap.add_argument("--work", type=Path, default=Path("/var/tmp/invalidatord-bench"))
-    ap.add_argument("--files", type=int, default=100_000)
-    ap.add_argument("--dirs", type=int, default=10_000)
-    args = ap.parse_args()
-    root = args.work / "startup" / f"root-{args.files}"
-    tree.ensure_tree(root, tree.layout(args.files, args.dirs))
-    emulator = Emulator()
-    base = args.work / "idle"
+def measure(
+    root: Path,
+    emulator: Emulator,
+    base: Path,
+    seconds: float,
+    every: float = 30.0,
+    on_sample: Callable[[dict[str, Any]], None] = lambda _row: None,
+) -> dict[str, Any]:
+    """The daemon with its default settings on `root` (state under `base`), measured for
+    `seconds` from the end of its first start's baseline, sampled every `every` seconds."""
     shutil.rmtree(base, ignore_errors=True)
     dist = emulator.new_distribution()
     config = write_config(
@@ -66,11 +67,12 @@ def main() -> None:
         daemon.wait_event("baseline_recorded", 300)
         kids = [p for p in family(daemon.proc.pid) if p != daemon.proc.pid]
         pids = {"daemon": daemon.proc.pid, **({"watcher": kids[0]} if kids else {})}
+        loadavg_start = _loadavg()
         start, t0 = _sample(pids), time.monotonic()
-        end = t0 + args.seconds
+        end = t0 + seconds
         rows: list[dict[str, Any]] = []
         while (now := time.monotonic()) < end:
-            time.sleep(min(30.0, end - now))
+            time.sleep(min(every, end - now))
             cur, dt = _sample(pids), time.monotonic() - t0
             row: dict[str, Any] = {"elapsed_s": round(dt, 1)}
             for n in pids:
@@ -82,21 +84,52 @@ def main() -> None:
                     "wakeups_per_s": round(wake / dt, 1),
                 }
             rows.append(row)
-            print(json.dumps(row), flush=True)
+            on_sample(row)
         rescans = [e for e in daemon.log.events if e.get("event") == "rescan_done"]
-        summary = {
-            "files": args.files,
+        return {
+            "files": sum(1 for _ in _files(root)),
             "seconds": rows[-1]["elapsed_s"] if rows else 0,
             "rescans_in_window": len(rescans),
-            "loadavg": Path("/proc/loadavg").read_text(encoding="ascii").split()[:3],
+            "loadavg": loadavg_start,
+            "loadavg_end": _loadavg(),
             **{n: rows[-1][n] for n in pids if rows},
+            "samples": rows,
         }
-        print(json.dumps({"summary": summary}), flush=True)
     finally:
         daemon.stop()
-        if emulator.proc.stdin is not None:
-            emulator.proc.stdin.close()  # the emulator exits when its stdin closes
-        emulator.proc.wait(30)
+
+
+def _loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _files(root: Path) -> Iterator[str]:
+    for _dirpath, _dirs, names in os.walk(root):
+        yield from names
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=600.0, help="measured interval (600)")
+    ap.add_argument("--work", type=Path, default=Path("/var/tmp/invalidatord-bench"))
+    ap.add_argument("--files", type=int, default=100_000)
+    ap.add_argument("--dirs", type=int, default=10_000)
+    args = ap.parse_args()
+    root = args.work / "startup" / f"root-{args.files}"
+    tree.ensure_tree(root, tree.layout(args.files, args.dirs))
+    emulator = Emulator()
+    try:
+        summary = measure(
+            root,
+            emulator,
+            args.work / "idle",
+            args.seconds,
+            on_sample=lambda row: print(json.dumps(row), flush=True),
+        )
+        del summary["samples"]
+        print(json.dumps({"summary": summary}), flush=True)
+    finally:
+        emulator.close()
 
 
 if __name__ == "__main__":
