@@ -7,6 +7,7 @@ See bench/README.md for what each case measures and how.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -23,14 +24,21 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import cases, charts, profile
+from bench import cases, profile, targets
 from bench.procs import REPO, SOURCE_ENV, Emulator, reap_all
 
 RESULTS = REPO / "bench" / "results"
 #: Outside the repository: 100,000-file trees and code snapshots are no business of git or linters.
 WORK = Path("/var/tmp/invalidatord-bench")
 MAX_QUEUED_EVENTS = "/proc/sys/fs/inotify/max_queued_events"
-CASES = ("throughput", "latency", "startup", "catchup", "alternatives")
+CASES = (
+    "throughput", "latency", "startup", "catchup", "alternatives", "content", "poll", "planner",
+    "idle",
+)  # fmt: skip
+#: Run only when named (`--only idle`, `--only all`): idle is 10 minutes of a daemon doing nothing.
+OPT_IN = ("idle",)
+DEFAULT = tuple(c for c in CASES if c not in OPT_IN)
+DOCS = REPO / "docs" / "bench"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,7 +46,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small sizes (under a minute)")
     p.add_argument("--reps", type=int, default=None, help="repetitions (default 3, quick 1)")
     p.add_argument(
-        "--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}"
+        "--only",
+        "--cases",
+        dest="cases",
+        default="default",
+        help=f"comma-separated cases of {','.join(CASES)}; 'default' (all but "
+        f"{','.join(OPT_IN)}) or 'all'",
+    )
+    p.add_argument("--skip", default="", help="comma-separated cases to leave out")
+    p.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=None,
+        help="the idle case's window (600; quick 20)",
+    )
+    p.add_argument(
+        "--docs",
+        action="store_true",
+        help=f"also write the charts to {DOCS.relative_to(REPO)} (the README's)",
     )
     p.add_argument("--profile", action="store_true", help="also profile with py-spy")
     p.add_argument(
@@ -131,6 +156,24 @@ def _check_filter() -> None:
         raise SystemExit("bench/watchdog_alone.py's EVENT_FILTER no longer matches invalidatord's")
 
 
+def _loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _selected(only: str, skip: str) -> list[str] | str:
+    """The cases to run, in their order, or an error message."""
+    names = {c.strip() for c in only.split(",") if c.strip()}
+    if names == {"default"}:
+        names = set(DEFAULT)
+    elif names == {"all"}:
+        names = set(CASES)
+    skipped = {c.strip() for c in skip.split(",") if c.strip()}
+    unknown = (names | skipped) - set(CASES)
+    if unknown:
+        return f"unknown case(s): {', '.join(sorted(unknown))}; the cases: {', '.join(CASES)}"
+    return [c for c in CASES if c in names and c not in skipped]
+
+
 def _meta(sizes: cases.Sizes, reps: int, queue: dict[str, Any]) -> dict[str, Any]:
     versions: dict[str, str | None] = {}
     for pkg in ("invalidatord", "watchdog", "boto3", "moto", "structlog", "pathspec"):
@@ -144,7 +187,7 @@ def _meta(sizes: cases.Sizes, reps: int, queue: dict[str, Any]) -> dict[str, Any
         "kernel": platform.release(),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
-        "load_avg_at_start": os.getloadavg(),
+        "load_avg_at_start": _loadavg(),
         "reps": reps,
         "sizes": sizes.__dict__,
         "inotify_max_queued_events": queue,
@@ -155,11 +198,12 @@ def _meta(sizes: cases.Sizes, reps: int, queue: dict[str, Any]) -> dict[str, Any
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     sizes = cases.QUICK if args.quick else cases.FULL
+    if args.idle_seconds is not None:
+        sizes = dataclasses.replace(sizes, idle_seconds=args.idle_seconds)
     reps = args.reps or (1 if args.quick else 3)
-    wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = set(wanted) - set(CASES)
-    if unknown:
-        print(f"unknown case(s): {', '.join(sorted(unknown))}", file=sys.stderr)
+    wanted = _selected(args.cases, args.skip)
+    if isinstance(wanted, str):
+        print(wanted, file=sys.stderr)
         return 2
     if args.profile_only:
         wanted = []
@@ -206,11 +250,16 @@ def main(argv: list[str] | None = None) -> int:
                 "startup": lambda: cases.startup(ctx, start_tree()),
                 "catchup": lambda: cases.catchup(ctx, start_tree()),
                 "alternatives": lambda: cases.alternatives(ctx),
+                "content": lambda: cases.content(ctx),
+                "poll": lambda: cases.poll(ctx, start_tree()),
+                "planner": lambda: cases.planner(ctx),
+                "idle": lambda: cases.idle(ctx, start_tree()),
             }
             for name in CASES:
                 if name not in wanted:
                     continue
-                t0 = time.monotonic()
+                t0, load0 = time.monotonic(), _loadavg()
+                ctx.say(f"case {name} (load average {load0[0]:.2f})")
                 try:
                     results[name] = steps[name]()
                 except Exception as exc:
@@ -218,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                     results[name] = {"error": f"{type(exc).__name__}: {exc}"}
                     reap_all_but(emulator)
                 results[name]["bench_seconds"] = round(time.monotonic() - t0, 1)
+                results[name]["load_avg"] = {"start": load0, "end": _loadavg()}
             if "alternatives" in results and "error" not in results["alternatives"]:
                 results["alternatives"]["ratios"] = cases.summarise_alternatives(
                     results["alternatives"]
@@ -229,12 +279,31 @@ def main(argv: list[str] | None = None) -> int:
             reap_all()
     results["meta"]["notes"] = ctx.notes
     results["meta"]["seconds"] = round(time.monotonic() - started, 1)
+    results["meta"]["load_avg_at_end"] = _loadavg()
+    results["targets"] = targets.evaluate(results)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    drawn = charts.draw_all(results, out)
-    shutil.copy(out / "results.json", RESULTS / "latest.json")
+    drawn = _charts(results, out, args.docs)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    if out.resolve().parent == RESULTS.resolve():  # a run elsewhere (--out) is not "the last"
+        shutil.copy(out / "results.json", RESULTS / "latest.json")
     print(report(results))
-    print(f"\nresults: {out / 'results.json'}; charts: {', '.join(p.name for p in drawn)}")
+    print(f"\nresults: {out / 'results.json'}; charts: {', '.join(drawn) or 'none'}")
     return 0
+
+
+def _charts(results: dict[str, Any], out: Path, docs: bool) -> list[str]:
+    """The PNGs into the results folder, and with --docs into docs/bench too. Without
+    matplotlib (not in the test extra) the run still stands: the JSON has every figure."""
+    try:
+        from bench import charts
+    except ImportError as exc:
+        results["meta"]["notes"].append(f"no charts: {exc} (.venv/bin/pip install -e '.[bench]')")
+        return []
+    drawn = [str(p.relative_to(out)) for p in charts.draw_all(results, out)]
+    if docs:
+        DOCS.mkdir(parents=True, exist_ok=True)
+        drawn += [str(p.relative_to(REPO)) for p in charts.draw_all(results, DOCS)]
+    return drawn
 
 
 def reap_all_but(emulator: Emulator) -> None:
@@ -278,7 +347,12 @@ def _met(ok: Any) -> str:
 
 
 def report(r: dict[str, Any]) -> str:
-    lines = [f"invalidatord benchmark ({r['meta']['reps']} reps; medians)"]
+    meta = r["meta"]
+    lines = [
+        f"invalidatord benchmark ({meta['reps']} reps; medians); load average "
+        f"{_load(meta.get('load_avg_at_start'))} at the start, "
+        f"{_load(meta.get('load_avg_at_end'))} at the end ({meta.get('cpus')} CPUs)"
+    ]
     tp = r.get("throughput")
     if tp and "error" not in tp:
         lines.append(
@@ -295,7 +369,8 @@ def report(r: dict[str, Any]) -> str:
             rr = tp["ratios"][kind]
             lines.append(
                 f"           invalidatord/watchdog {_f(rr['invalidatord_vs_watchdog'], 'x')}, "
-                f"watchdog/inotifywait {_f(rr['watchdog_vs_inotifywait'], 'x')}"
+                f"watchdog/inotifywait {_f(rr['watchdog_vs_inotifywait'], 'x')}, "
+                f"invalidatord/inotifywait {_f(rr.get('invalidatord_vs_inotifywait'), 'x')}"
             )
             if "reader_vs_inotifywait" in rr:
                 lines.append(
@@ -380,6 +455,61 @@ def report(r: dict[str, Any]) -> str:
                 f"{_f(rr['billed_paths_x'], 'x', 0)} billed paths, "
                 f"{_f(rr['wall_x'], 'x')} wall, {_f(rr['cpu_x'], 'x')} cpu"
             )
+    ct = r.get("content")
+    if ct and "error" not in ct:
+        lines.append(
+            f"\n6. compare: content against mtime, {ct['files']:,} files "
+            f"({ct['tree_bytes'] / 2**20:,.0f} MiB; a full rebuild with {ct['changed_files']:,} "
+            "really changed)"
+        )
+        for mode in ("mtime", "content"):
+            cells = ", ".join(
+                f"{phase.replace('_', ' ')} {_f(v['seconds'])}s "
+                f"(read {v['bytes_read'] / 2**20:,.0f} MiB, pending {v['pending_paths']:,})"
+                for phase, v in ct[mode].items()
+            )
+            lines.append(f"   {mode:7}: {cells}")
+        rr = ct["ratios"]
+        lines.append(
+            f"   walk {_f(ct['walk']['seconds'])}s, walk + read {_f(ct['walk_read']['seconds'])}s;"
+            f" content's rebuild {_f(rr['content_rebuild_vs_walk'], 'x')} the walk, "
+            f"{_f(rr['content_rebuild_vs_walk_read'], 'x')} walk + read; first start "
+            f"{_f(rr['content_first_start_vs_walk_read'], 'x')} walk + read"
+        )
+    po = r.get("poll")
+    if po and "error" not in po:
+        m = po["median"]
+        lines.append(
+            f"\n7. One poll of watcher: polling, {po['files']:,} unchanged files in "
+            f"{po['dirs']:,} dirs"
+        )
+        lines.append(
+            f"   poll {_f(m['poll']['seconds'])}s (cpu {_f(m['poll']['cpu_seconds'])}s, memory "
+            f"grown {m['poll']['grown_kib'] / 1024:.1f} MiB, changes found {po['changes_found']});"
+            f" walk {_f(m['scandir']['seconds'])}s: "
+            f"{_f(po['ratios']['poll_vs_walk_time'], 'x')} the walk"
+        )
+    pl = r.get("planner")
+    if pl and "error" not in pl:
+        t = pl.get("planning", {})
+        lines.append(
+            f"\n8. Planner (simulation): planning 100,000 pending over 1,000,000 objects "
+            f"{t.get('plan_s')}s; workloads: {', '.join(pl.get('results', {}))}"
+        )
+    idle = r.get("idle")
+    if idle and "error" not in idle:
+        lines.append(
+            f"\n9. Idle, {idle['files']:,} files for {idle['seconds']:.0f}s "
+            f"({idle['rescans_in_window']} rescans; load {_load(idle.get('loadavg'))} -> "
+            f"{_load(idle.get('loadavg_end'))})"
+        )
+        for name in ("daemon", "watcher"):
+            if name in idle:
+                v = idle[name]
+                lines.append(
+                    f"   {name}: {v['cpu_s']:.2f} CPU-s ({v['cpu_pct']:.3f}% of a core), "
+                    f"{v['wakeups_per_s']:.1f} wake-ups/s"
+                )
     prof = r.get("profile")
     if prof and "error" not in prof:
         lines.append("\nProfiles (py-spy, self samples share; top 8)")
@@ -392,7 +522,18 @@ def report(r: dict[str, Any]) -> str:
     for name in CASES:
         if name in r and "error" in r[name]:
             lines.append(f"\n{name}: FAILED: {r[name]['error']}")
-    if r.get("meta", {}).get("notes"):
-        lines.append("\nnotes: " + "; ".join(r["meta"]["notes"]))
-    lines.append(f"\ntotal {r['meta'].get('seconds', 0):.0f}s")
+    if r.get("targets"):
+        lines.append("\nTargets (#15)")
+        lines.append(targets.table(r["targets"]))
+    if meta.get("notes"):
+        lines.append("\nnotes: " + "; ".join(meta["notes"]))
+    lines.append(
+        f"\ntotal {meta.get('seconds', 0):.0f}s; load average "
+        f"{_load(meta.get('load_avg_at_start'))} at the start, "
+        f"{_load(meta.get('load_avg_at_end'))} at the end"
+    )
     return "\n".join(lines)
+
+
+def _load(values: Any) -> str:
+    return "/".join(f"{v:.2f}" for v in values) if values else "n/a"
