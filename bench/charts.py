@@ -1,7 +1,16 @@
-"""PNG charts of a results dict (matplotlib, no display needed)."""
+"""PNG charts of a results dict (matplotlib, no display needed).
+
+    python -m bench.charts [RESULTS.json] [--out DIR]
+
+redraws the charts of a saved run (default bench/results/latest.json) into DIR (default
+docs/bench, the charts the README shows).
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +35,19 @@ def draw_all(results: dict[str, Any], out: Path) -> list[Path]:
         ("startup", _startup),
         ("catchup", _catchup),
         ("alternatives", _alternatives),
+        ("content", _content),
+        ("poll", _poll),
+        ("planner", _planner),
     ):
         if key in results and isinstance(results[key], dict) and "error" not in results[key]:
             path = out / f"{key}.png"
             fn(results[key], path)
             drawn.append(path)
     return drawn
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "bench"
+LATEST = Path(__file__).resolve().parent / "results" / "latest.json"
 
 
 def _save(fig: Any, path: Path) -> None:
@@ -145,6 +161,63 @@ def _alternatives(r: dict[str, Any], path: Path) -> None:
     _save(fig, path)
 
 
+def _content(r: dict[str, Any], path: Path) -> None:
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.5))
+    phases = [("first_start", "first start"), ("restart", "restart"),
+              ("full_rebuild", "after a full rebuild")]  # fmt: skip
+    width = 0.38
+    for i, mode in enumerate(("mtime", "content")):
+        xs = [j + (i - 0.5) * width for j in range(len(phases))]
+        ax.bar(xs, [r[mode][p]["seconds"] for p, _ in phases], width, label=f"compare: {mode}")
+    for value, label, style in ((r["walk"]["seconds"], "walk (lstat)", "--"),
+                                (r["walk_read"]["seconds"], "walk + read", ":")):  # fmt: skip
+        ax.axhline(value, color="black", linestyle=style, label=label)
+    ax.set_xticks(range(len(phases)), [label for _, label in phases])
+    ax.set_ylabel("seconds (median)")
+    ax.set_title(f"{r['files']:,} files: time")
+    ax.legend(fontsize=8)
+    mib = 1024 * 1024
+    bars = {
+        "content: bytes read\n(full rebuild)": r["content"]["full_rebuild"]["bytes_read"] / mib,
+        "walk + read": r["walk_read"]["bytes_read"] / mib,
+        "tree": r["tree_bytes"] / mib,
+    }
+    bx.bar(list(bars), list(bars.values()), color=["#ff7f0e", "#7f7f7f", "#c7c7c7"])
+    bx.set_ylabel("MiB")
+    bx.set_title(
+        f"invalidated after the rebuild: content {r['content']['full_rebuild']['pending_paths']:,}"
+        f", mtime {r['mtime']['full_rebuild']['pending_paths']:,}",
+        fontsize=9,
+    )
+    fig.suptitle(f"compare: content against mtime ({r['changed_files']:,} files really changed)")
+    _save(fig, path)
+
+
+def _poll(r: dict[str, Any], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    m = r["median"]
+    labels = ["wall", "CPU"]
+    width = 0.38
+    for i, (name, label) in enumerate((("poll", "watcher: polling, one poll"),
+                                       ("scandir", "os.scandir walk"))):  # fmt: skip
+        xs = [j + (i - 0.5) * width for j in range(len(labels))]
+        ax.bar(xs, [m[name]["seconds"], m[name]["cpu_seconds"]], width, label=label)
+        for s in r["samples"][name]:
+            ax.scatter(xs, [s["seconds"], s["cpu_seconds"]], color="black", s=8, zorder=3)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_ylabel("seconds (median; dots = repetitions)")
+    ax.set_title(
+        f"One poll of an unchanged tree: {r['files']:,} files in {r['dirs']:,} dirs "
+        f"({r['ratios']['poll_vs_walk_time']:.1f}x the walk)"
+    )
+    ax.legend()
+    _save(fig, path)
+
+
+def _planner(r: dict[str, Any], path: Path) -> None:
+    planner_chart(r["results"], path)
+
+
 def planner_chart(results: dict[str, Any], path: Path) -> None:
     """Billed paths against unchanged objects evicted, one panel per workload."""
     colors = {
@@ -176,3 +249,19 @@ def planner_chart(results: dict[str, Any], path: Path) -> None:
     axes[0].set_ylabel("unchanged objects evicted")
     axes[-1].legend(fontsize=7)
     _save(fig, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.charts", description=__doc__)
+    parser.add_argument("results", nargs="?", type=Path, default=LATEST)
+    parser.add_argument("--out", type=Path, default=DOCS, help=f"where the PNGs go ({DOCS})")
+    args = parser.parse_args(argv)
+    results = json.loads(args.results.read_text(encoding="utf-8"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    drawn = draw_all(results, args.out)
+    print(f"{len(drawn)} charts in {args.out}: {', '.join(p.name for p in drawn)}")
+    return 0 if drawn else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
