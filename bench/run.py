@@ -369,8 +369,7 @@ def report(r: dict[str, Any]) -> str:
             rr = tp["ratios"][kind]
             lines.append(
                 f"           invalidatord/watchdog {_f(rr['invalidatord_vs_watchdog'], 'x')}, "
-                f"watchdog/inotifywait {_f(rr['watchdog_vs_inotifywait'], 'x')}, "
-                f"invalidatord/inotifywait {_f(rr.get('invalidatord_vs_inotifywait'), 'x')}"
+                f"watchdog/inotifywait {_f(rr['watchdog_vs_inotifywait'], 'x')}"
             )
             if "reader_vs_inotifywait" in rr:
                 lines.append(
