@@ -9,9 +9,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from invalidatord import catchup
 from invalidatord.config import load_config
 from invalidatord.daemon import Daemon
-from invalidatord.model import FileStat
+from invalidatord.journal import Journal
+from invalidatord.model import Change, FileStat
 from invalidatord.testing.cloudfront import CloudFrontEmulator
 from tests.harness import DaemonProcess, emulator_config, received
 from tests.waiting import wait_for
@@ -73,6 +75,68 @@ def test_the_baseline_reports_files_changed_since_the_watch_began(
         assert "/old.html" not in received(cloudfront)
     finally:
         daemon.stop()
+
+
+def test_under_content_a_file_changed_since_the_watch_began_is_recorded_without_its_hash(
+    tmp_path: Path,
+) -> None:
+    """The scan may read a file after the change its queued event reports: recorded with that
+    hash, the event would be judged "same bytes" and dropped. So the baseline keeps no hash
+    for a file changed since the watch began (the event's read decides), and keeps the hash
+    of every other file."""
+    since = 10**18
+    tree = ListedTree(
+        since,
+        [
+            ("new.html", FileStat(3, 1, 1, since + 1, b"read after the change")),
+            ("old.html", FileStat(3, 1, 2, since - 10**9, b"old bytes")),
+        ],
+    )
+    tree.compare = "content"
+    queued: list[Change] = []
+    journal = Journal(tmp_path / "journal.sqlite")
+    try:
+        catchup.record_baseline(journal, tree, queued.append, lambda: 5.0)
+        index = dict(journal.index_iter("docroot"))
+    finally:
+        journal.close()
+    assert [c.path for c in queued] == ["new.html"]
+    assert index["new.html"].digest is None
+    assert index["old.html"].digest == b"old bytes"
+
+
+def test_under_content_files_rewritten_during_the_first_scan_are_all_invalidated(
+    tmp_path: Path, cloudfront: CloudFrontEmulator
+) -> None:
+    """The real race: 2,000 files rewritten with new bytes right after READY, while the first
+    start's scan reads them. Every one is invalidated, whether the scan read it before its
+    rewrite or after (before the fix, those read after were judged unchanged and lost)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    names = [f"d{i % 20}/p{i}.html" for i in range(2_000)]
+    for d in {n.split("/")[0] for n in names}:
+        (root / d).mkdir()
+    for name in names:
+        (root / name).write_text("before")
+    config = emulator_config(
+        tmp_path, root, cloudfront, quiet="300ms", extra={"sources": [
+            {"name": "docroot", "type": "filesystem", "root": str(root), "compare": "content"}
+        ]},
+    )  # fmt: skip
+    proc = DaemonProcess("run", "-c", str(config)).start()
+    try:
+        proc.wait_ready()
+        for name in names:
+            (root / name).write_text("after, longer")
+        recorded = proc.wait_event("baseline_recorded", timeout=60)
+        assert recorded["files"] == 2_000
+        expected = {"/" + n for n in names}
+        wait_for(
+            lambda: expected <= received(cloudfront), 60, what="all 2,000 rewrites invalidated"
+        )
+    finally:
+        assert proc.stop() == 0
+    assert received(cloudfront) == expected
 
 
 def test_a_first_start_on_an_unchanged_tree_invalidates_nothing(
