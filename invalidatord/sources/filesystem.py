@@ -22,8 +22,10 @@ file changed without being closed after a write (truncate(2) by path, writes thr
 by a process that keeps it open) is found by the periodic catch-up scan, not here.
 
 The root itself is watched too: the directory the configured `root` leads to (through any
-symlinks) is identified by its device and inode, checked every 100 ms and at most every 10 ms
-while events arrive. When another directory is there (the root renamed away and another
+symlinks) is identified by its device and inode, checked every second while nothing happens
+(a `current` link repointed to a release written elsewhere sends no event into the tree), at
+most every 10 ms while events arrive, and at once when the watch reports the root itself
+deleted or moved. When another directory is there (the root renamed away and another
 renamed in, deleted and recreated, a `current` or git-sync link repointed to another
 release) the source stops the old watch, drops what it still reports, watches the new tree
 and delivers one REATTACH: the pipeline diffs the new tree against the index. When nothing
@@ -76,8 +78,10 @@ _S_IFREG = stat_module.S_IFREG
 _S_IFLNK = stat_module.S_IFLNK
 _STOP_JOIN = 10.0
 _VANISHED = frozenset({errno.ENOENT, errno.ENOTDIR})
-#: How often the root's identity is checked while nothing happens, and at most while
-#: events arrive (each check is one stat(2)).
+#: How often the root's identity is checked while nothing happens (one stat(2) and a thread
+#: wake-up: at 100 ms these were 10 of an idle daemon's 16 wake-ups a second), how often a
+#: missing root is looked for, and at most how often while events arrive.
+_ROOT_CHECK_IDLE = 1.0
 _ROOT_CHECK = 0.1
 _ROOT_CHECK_ON_EVENT_NS = 10_000_000
 #: How often a root that stayed missing past `root_wait` is looked for.
@@ -539,7 +543,11 @@ class FilesystemSource(WatchEvents):
     def _watch_root(self) -> None:
         """The root monitor thread: see the module docstring."""
         while not self._monitor_stop.is_set():
-            self._root_event.wait(_ROOT_CHECK_SLOW if self._lost else _ROOT_CHECK)
+            if self._lost:
+                wait = _ROOT_CHECK_SLOW
+            else:
+                wait = _ROOT_CHECK if self.missing_since is not None else _ROOT_CHECK_IDLE
+            self._root_event.wait(wait)
             self._root_event.clear()
             if self._monitor_stop.is_set():
                 return
