@@ -18,6 +18,7 @@ from typing import Any
 import pathspec
 import pytest
 import structlog
+import xxhash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -898,6 +899,33 @@ def test_stat_reports_regular_files_only(root: Path, sink: Collector) -> None:
     assert source.stat("a/page.html") == FileStat(st.st_size, st.st_mtime_ns, st.st_ino)
     for path in ("missing.html", "a", "dirlink", "a/page.html/x", "nul\0byte"):
         assert source.stat(path) is None, path
+
+
+def test_digest_hashes_files_and_links_to_files_only(root: Path, sink: Collector) -> None:
+    """digest() gives a file's stat with the hash of its bytes (any size: one read or many);
+    a symlink to a file its own lstat with the target's hash, as scan lists it; None for a
+    missing path, a directory, a dangling link and a FIFO (without blocking on its open)."""
+    big = bytes(range(256)) * 8192  # 2 MiB: more than one read
+    make_tree(root, ["a/page.html"])
+    (root / "big.bin").write_bytes(big)
+    (root / "empty.html").write_bytes(b"")
+    (root / "link.html").symlink_to(root / "a" / "page.html")
+    (root / "dangling.html").symlink_to(root / "nowhere")
+    os.mkfifo(root / "fifo")
+    source = FilesystemSource("docroot", root, sink)
+    for rel, data in (("a/page.html", b"a/page.html"), ("big.bin", big), ("empty.html", b"")):
+        got = source.digest(rel)
+        st = os.stat(root / rel)
+        assert got == FileStat(st.st_size, st.st_mtime_ns, st.st_ino), rel
+        assert got is not None, rel
+        assert got.digest == xxhash.xxh3_128_digest(data), rel
+    link = source.digest("link.html")
+    lst = os.lstat(root / "link.html")
+    assert link == FileStat(lst.st_size, lst.st_mtime_ns, lst.st_ino)
+    assert link is not None
+    assert link.digest == xxhash.xxh3_128_digest(b"a/page.html")
+    for rel in ("missing.html", "a", "dangling.html", "fifo"):
+        assert source.digest(rel) is None, rel
 
 
 # -- the contracts, against the real and the in-memory implementation -----------------------

@@ -53,7 +53,7 @@ import structlog
 from invalidatord.contracts import ChangeSink
 from invalidatord.errors import SourceError
 from invalidatord.model import DEFAULT_IGNORE, Change, ChangeKind, FileStat
-from invalidatord.sources.content import Hashed, file_digest
+from invalidatord.sources.content import Hashed, IsSymlink, file_digest
 from invalidatord.sources.ignore import GIT_LOCK, matchers, walk_filter, with_fences
 from invalidatord.sources.watcher import (
     OVERFLOW_LOGGER,
@@ -464,15 +464,20 @@ class FilesystemSource(WatchEvents):
 
     def _digest(self, full: str, dir_fd: int | None = None) -> FileStat | None:
         try:
-            link = os.lstat(full, dir_fd=dir_fd)
-        except (OSError, ValueError):
-            return None
-        got = file_digest(full, self.hashed, dir_fd)
+            got = file_digest(full, self.hashed, dir_fd, follow=False)
+        except IsSymlink:
+            # a symlink to a file is indexed with its own lstat, as `scan` lists it
+            try:
+                link = os.lstat(full, dir_fd=dir_fd)
+            except (OSError, ValueError):
+                return None
+            got = file_digest(full, self.hashed, dir_fd)
+            if got is None:
+                return None
+            return FileStat(link.st_size, link.st_mtime_ns, link.st_ino, link.st_ctime_ns, got[1])
         if got is None:
             return None
         st, digest = got
-        if stat_module.S_ISLNK(link.st_mode):
-            st = link  # a symlink to a file is indexed with its own lstat, as `scan` lists it
         return FileStat(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest)
 
     def is_ignored(self, path: str) -> bool:
