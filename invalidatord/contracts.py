@@ -9,10 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
-from invalidatord.model import Change, FileStat, Invalidation
+from invalidatord.model import Change, ChangeBatch, FileStat, Invalidation
 
 #: Where sources deliver changes. Thread-safe, never blocks for long, never raises.
 ChangeSink = Callable[[Change], None]
+#: Where a source may deliver many changes at once, with the same guarantees as `ChangeSink`
+#: and in order with what it delivers there: a batch is taken as its changes one by one.
+BatchSink = Callable[[ChangeBatch], None]
 
 
 class Source(Protocol):

@@ -110,7 +110,7 @@ from invalidatord.fleet import FleetConsumer, FleetPublisher
 from invalidatord.health import StatusReport, StatusServer, WatchedCloudFront, collect_status
 from invalidatord.journal import Journal
 from invalidatord.metrics import Metrics
-from invalidatord.model import Change, ChangeKind
+from invalidatord.model import Change, ChangeBatch, ChangeKind
 from invalidatord.pipeline import DebounceSettings, Pipeline
 from invalidatord.sources import registry
 from invalidatord.submitter import Submitter
@@ -342,6 +342,7 @@ class Daemon:
             journal=self.journal,
             metrics=self.metrics,
             client=functools.partial(client_for, self.cfg),
+            sink_batch=self._sink_batch,
         )
         for scfg in self.cfg.sources:
             source = registry.build(scfg, context)
@@ -352,6 +353,10 @@ class Daemon:
     def _sink(self, change: Change) -> None:
         assert self.pipeline is not None
         self.pipeline.sink(change)
+
+    def _sink_batch(self, batch: ChangeBatch) -> None:
+        assert self.pipeline is not None
+        self.pipeline.sink_batch(batch)
 
     def _catch_up(self) -> list[Callable[[], None]]:
         """Queue each filesystem source's start-up work; returns the first-start baselines,

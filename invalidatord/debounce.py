@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from invalidatord.model import Change, ChangeKind
+from invalidatord.model import Change, ChangeBatch, ChangeKind
 
 _RESCAN = ChangeKind.RESCAN
 
@@ -64,12 +64,12 @@ class _Pending:
 
     __slots__ = ("first_seen", "kinds", "last_kind", "path", "source")
 
-    def __init__(self, change: Change) -> None:
-        self.source = change.source
-        self.path = change.path
-        self.kinds = {change.kind}
-        self.last_kind = change.kind
-        self.first_seen = change.seen
+    def __init__(self, source: str, path: str, kind: ChangeKind, seen: float) -> None:
+        self.source = source
+        self.path = path
+        self.kinds = {kind}
+        self.last_kind = kind
+        self.first_seen = seen
 
     def freeze(self) -> Coalesced:
         return Coalesced(
@@ -136,7 +136,7 @@ class Debouncer:
         if entry is None:
             if not pending:
                 self._first_add = now
-            pending[key] = _Pending(change)
+            pending[key] = _Pending(change.source, change.path, change.kind, change.seen)
         else:
             entry.kinds.add(change.kind)
             entry.last_kind = change.kind
@@ -150,6 +150,28 @@ class Debouncer:
         """Record every change of `changes`, all observed at monotonic time `now`."""
         for change in changes:
             self.add(change, now)
+
+    def add_batch(self, batch: ChangeBatch, now: float) -> None:
+        """Record every change of `batch` in order, observed at monotonic time `now`: the
+        same as `add` of each, without a `Change` built for each."""
+        if not batch.items:
+            return
+        pending = self._pending
+        if not pending:
+            self._first_add = now
+        source, seen = batch.source, batch.seen
+        get = pending.get
+        for path, kind in batch.items:
+            key = (source, path, kind is _RESCAN)
+            entry = get(key)
+            if entry is None:
+                pending[key] = _Pending(source, path, kind, seen)
+            else:
+                entry.kinds.add(kind)
+                entry.last_kind = kind
+                if seen < entry.first_seen:
+                    entry.first_seen = seen
+        self._last_add = now
 
     def next_due(self, held: bool = False) -> float | None:
         """The monotonic time from which `due()` is true, None while nothing is pending.

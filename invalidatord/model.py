@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -51,6 +52,26 @@ class Change:
     kind: ChangeKind
     seen: float
     receipt: str | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeBatch:
+    """Changes of one source seen together (one read of the watcher's pipe): for each
+    (path, kind) of `items`, in the order seen, what a `Change` of `source` with that path and
+    kind, seen at `seen`, says. No receipts. One value for a burst, not one per path: the
+    pipeline takes a 50,000-file burst as some twenty of these, not 50,000 `Change`s."""
+
+    source: str
+    items: Sequence[tuple[str, ChangeKind]]
+    seen: float
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[Change]:
+        """Each item as the `Change` it stands for."""
+        for path, kind in self.items:
+            yield Change(self.source, path, kind, self.seen)
 
 
 class FileStat(NamedTuple):

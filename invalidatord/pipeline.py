@@ -28,7 +28,7 @@ from invalidatord.errors import InvalidatordError
 from invalidatord.journal import Accepted, Journal
 from invalidatord.mapping import Mapped, Mapper
 from invalidatord.metrics import Metrics
-from invalidatord.model import Change, ChangeKind, FileStat, fingerprint
+from invalidatord.model import Change, ChangeBatch, ChangeKind, FileStat, fingerprint
 
 log = structlog.get_logger(__name__)
 
@@ -100,7 +100,7 @@ class Pipeline:
         self._heartbeat = heartbeat
         self._clock = clock
         self._monotonic = monotonic
-        self._inbox: queue.SimpleQueue[Change] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[Change | ChangeBatch] = queue.SimpleQueue()
         self._debouncers = {
             name: Debouncer(debounce.quiet, debounce.max_delay, debounce.max_pending)
             for name in self._sources
@@ -130,9 +130,14 @@ class Pipeline:
         self._unprepared: dict[str, dict[str, None]] = {name: {} for name in self._sources}
         self.accepted_paths = 0
 
-    # Sources call this from their own threads: it must stay cheap and never block.
+    # Sources call these from their own threads: they must stay cheap and never block.
     def sink(self, change: Change) -> None:
         self._inbox.put(change)
+
+    def sink_batch(self, batch: ChangeBatch) -> None:
+        """Many changes of one source as one item: taken in order with `sink`'s."""
+        if batch.items:
+            self._inbox.put(batch)
 
     def start(self, first: Sequence[Callable[[], None]] = ()) -> None:
         """Start the loop. `first` runs on the pipeline thread before any change is taken
@@ -205,11 +210,15 @@ class Pipeline:
             counts: Counter[tuple[str, str]] = Counter()
             rescan = ChangeKind.RESCAN
             reattach = ChangeKind.REATTACH
-            for change in drained:
-                debouncer = self._debouncers.get(change.source)
+            for item in drained:
+                debouncer = self._debouncers.get(item.source)
                 if debouncer is None:
-                    log.warning("change_from_unknown_source", source=change.source)
+                    log.warning("change_from_unknown_source", source=item.source)
                     continue
+                if isinstance(item, ChangeBatch):
+                    self._take_batch(debouncer, item, now, counts)
+                    continue
+                change = item
                 debouncer.add(change, now)
                 counts[(change.source, change.kind.value)] += 1
                 if change.kind is not rescan and change.kind is not reattach:
@@ -229,6 +238,28 @@ class Pipeline:
                 flushed = True
         if not flushed:
             self._prepare_some()
+
+    def _take_batch(
+        self,
+        debouncer: Debouncer,
+        batch: ChangeBatch,
+        now: float,
+        counts: Counter[tuple[str, str]],
+    ) -> None:
+        """`run_once`'s work for each change of `batch`, a burst at a time."""
+        source = batch.source
+        debouncer.add_batch(batch, now)
+        for kind, n in Counter(kind for _, kind in batch.items).items():
+            counts[(source, kind.value)] += n
+        prepared = self._prepared[source]
+        waiting = self._unprepared[source]
+        rescan = ChangeKind.RESCAN
+        reattach = ChangeKind.REATTACH
+        for path, kind in batch.items:
+            if kind is not rescan and kind is not reattach:
+                if prepared:
+                    prepared.pop(path, None)
+                waiting[path] = None
 
     def _held(self, name: str, debouncer: Debouncer, now: float) -> bool:
         """Whether the due batch of `name` waits for a deploy to finish; logs when a hold
@@ -321,16 +352,21 @@ class Pipeline:
                 fingerprint(st, old),  # the content hash: `digest` is set
             )
 
-    def _drain(self, timeout: float) -> list[Change]:
+    def _drain(self, timeout: float) -> list[Change | ChangeBatch]:
+        """What is queued, in order: up to about `_DRAIN_MAX` changes (a batch counts as its
+        changes), waiting up to `timeout` for the first."""
         try:
             first = self._inbox.get(timeout=timeout) if timeout > 0 else self._inbox.get_nowait()
         except queue.Empty:
             return []
         out = [first]
+        taken = len(first) if isinstance(first, ChangeBatch) else 1
         get = self._inbox.get_nowait
         try:
-            while len(out) < _DRAIN_MAX:
-                out.append(get())
+            while taken < _DRAIN_MAX:
+                item = get()
+                out.append(item)
+                taken += len(item) if isinstance(item, ChangeBatch) else 1
         except queue.Empty:
             pass
         return out
@@ -342,9 +378,14 @@ class Pipeline:
             if not drained:
                 break
             now = self._monotonic()
-            for change in drained:
-                if change.source in self._debouncers:
-                    self._debouncers[change.source].add(change, now)
+            for item in drained:
+                debouncer = self._debouncers.get(item.source)
+                if debouncer is None:
+                    continue
+                if isinstance(item, ChangeBatch):
+                    debouncer.add_batch(item, now)
+                else:
+                    debouncer.add(item, now)
         for name, debouncer in self._debouncers.items():
             if len(debouncer):
                 self._accept(name, debouncer.flush())

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from invalidatord.debounce import Coalesced, Debouncer, Flush
-from invalidatord.model import Change, ChangeKind
+from invalidatord.model import Change, ChangeBatch, ChangeKind
 
 K = ChangeKind
 
@@ -375,3 +375,35 @@ def test_held_batch_still_flushes_at_the_pending_cap() -> None:
     for i, t in enumerate((1.0, 2.0, 3.0)):
         d.add(ch(f"p{i}"), now=t)
     assert d.due(3.0, held=True)
+
+
+@settings(deadline=None, max_examples=200)
+@given(steps=_steps)
+def test_property_a_batch_is_its_changes_added_one_by_one(
+    steps: list[tuple[float, list[Change]]],
+) -> None:
+    """`add_batch` of a burst leaves the debouncer exactly as `add` of each of its changes
+    does: the same keys, kinds, last kinds, earliest `seen`, order and deadlines."""
+    one = Debouncer(quiet=2, max_delay=30)
+    many = Debouncer(quiet=2, max_delay=30)
+    now = 0.0
+    for gap, changes in steps:
+        now += gap
+        for source in sorted({c.source for c in changes}):
+            mine = [c for c in changes if c.source == source]
+            seen = min(c.seen for c in mine)
+            burst = [Change(source, c.path, c.kind, seen) for c in mine]
+            one.add_many(burst, now)
+            many.add_batch(ChangeBatch(source, [(c.path, c.kind) for c in mine], seen), now)
+        assert one.next_due() == many.next_due()
+    assert one.flush() == many.flush()
+
+
+def test_an_empty_batch_changes_nothing() -> None:
+    """A batch with no changes neither starts a window nor moves the quiet deadline."""
+    d = Debouncer(quiet=2, max_delay=30)
+    d.add_batch(ChangeBatch("docroot", [], 1.0), now=5.0)
+    assert d.next_due() is None
+    d.add(ch("a.html"), now=10.0)
+    d.add_batch(ChangeBatch("docroot", [], 1.0), now=11.0)
+    assert d.next_due() == 12.0

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from invalidatord.contracts import Source, TreeScanner
 from invalidatord.errors import SourceError
-from invalidatord.model import Change, ChangeKind, FileStat
+from invalidatord.model import Change, ChangeBatch, ChangeKind, FileStat
 from invalidatord.sources import watcher
 from invalidatord.sources.filesystem import (
     DEFAULT_IGNORE,
@@ -59,13 +59,22 @@ def sink() -> Collector:
     return Collector(hide=SETTLE)
 
 
-@pytest.fixture(params=["process", "inline", "inline-watchdog"])
+def _unbatch(sink: Collector) -> Callable[[ChangeBatch], None]:
+    def deliver(batch: ChangeBatch) -> None:
+        for change in batch:
+            sink(change)
+
+    return deliver
+
+
+@pytest.fixture(params=["process", "process-batch", "inline", "inline-watchdog"])
 def start(
     request: pytest.FixtureRequest, root: Path, sink: Collector, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Start]:
     """Builds and starts a source on `root` delivering to `sink`; stops them all at the end.
-    Every test using it runs three times: the watcher in its own process (the default, with
-    the native inotify reader on Linux), inline, and inline through watchdog (the reader of
+    Every test using it runs four times: the watcher in its own process (the default, with
+    the native inotify reader on Linux), the same delivering each read of its pipe as one
+    `ChangeBatch` (as the daemon has it), inline, and inline through watchdog (the reader of
     other systems)."""
     started: list[FilesystemSource] = []
     if request.param == "inline-watchdog":
@@ -73,7 +82,9 @@ def start(
 
     def _start(**kwargs: Any) -> FilesystemSource:
         kwargs.setdefault("ignore", DEFAULT_IGNORE)
-        kwargs.setdefault("separate_process", request.param == "process")
+        kwargs.setdefault("separate_process", request.param.startswith("process"))
+        if request.param == "process-batch":
+            kwargs.setdefault("sink_batch", _unbatch(sink))
         source = FilesystemSource("docroot", kwargs.pop("root", root), sink, **kwargs)
         started.append(source)
         source.start()
@@ -766,6 +777,32 @@ def test_failing_sink_does_not_stop_the_watch(start: Start, root: Path, sink: Co
         assert {e["path"] for e in logs if e["event"] == "sink_failed"} == {"bad.html"}
     finally:
         source.stop()
+
+
+def test_a_failing_batch_sink_does_not_stop_the_watch(root: Path, sink: Collector) -> None:
+    """A batch sink that raises is logged (sink_failed, with the number of changes); later
+    batches still arrive."""
+    deliver = _unbatch(sink)
+
+    def flaky(batch: ChangeBatch) -> None:
+        if any(path == "bad.html" for path, _ in batch.items):
+            raise RuntimeError("boom")
+        deliver(batch)
+
+    source = FilesystemSource("docroot", root, sink, watcher="inotify", sink_batch=flaky)
+    with structlog.testing.capture_logs() as logs:
+        source.start()
+        try:
+            (root / "bad.html").write_text("x")
+            wait_for(lambda: any(e["event"] == "sink_failed" for e in logs), 10, what="it")
+            (root / "good.html").write_text("x")
+            sink.wait("good.html", K.MODIFIED)
+            assert source.healthy
+        finally:
+            source.stop()
+    failed = [e for e in logs if e["event"] == "sink_failed"]
+    assert failed
+    assert all(e["changes"] >= 1 for e in failed)
 
 
 # -- scan and stat ------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 from invalidatord.journal import Journal
 from invalidatord.mapping import Mapper, Rule
 from invalidatord.metrics import Metrics
-from invalidatord.model import ChangeKind, FileStat
+from invalidatord.model import ChangeBatch, ChangeKind, FileStat
 from invalidatord.pipeline import DebounceSettings, Pipeline
 from invalidatord.sources.memory import MemorySource
 from tests.harness import FakeClock
@@ -137,3 +137,38 @@ def test_a_known_file_deleted_after_preparation_is_invalidated_and_unindexed(
     _close_window(pipeline, clock)
     assert journal.pending_paths("www", 10) == ["/known.html"]
     assert list(journal.index_iter("docroot", "known.html")) == []
+
+
+def test_a_batch_is_prepared_and_accepted_like_its_changes(setup: Setup) -> None:
+    """3,000 changes delivered as one `ChangeBatch` (more than one drain and one preparation
+    chunk), then a single change: every one is stat'ed in the window and accepted at its end."""
+    pipeline, source, journal, clock = setup
+    names = [f"d/f{i:04}.html" for i in range(3000)]
+    for name in names:
+        source.set_file(name, FileStat(2, 2, 2))
+    source.set_file("single.html", FileStat(3, 3, 3))
+    pipeline.sink_batch(ChangeBatch("docroot", [(n, K.CREATED) for n in names], 100.0))
+    source.emit("single.html", K.CREATED)
+    for _ in range(10):
+        pipeline.run_once()
+    assert source.stats == len(names) + 1
+    _close_window(pipeline, clock)
+    assert source.stats == len(names) + 1
+    assert set(journal.pending_paths("www", 10_000)) == {"/" + n for n in [*names, "single.html"]}
+
+
+def test_a_path_in_a_later_batch_is_prepared_again(setup: Setup) -> None:
+    """Batches are taken in order: a file prepared from one batch and changed again in the
+    next is prepared again, and the index records its last stat."""
+    pipeline, source, journal, clock = setup
+    source.set_file("page.html", FileStat(5, 5, 5))
+    pipeline.sink_batch(ChangeBatch("docroot", [("page.html", K.CREATED)], 100.0))
+    _run_window(pipeline)
+    source.set_file("page.html", FileStat(6, 6, 6))
+    pipeline.sink_batch(
+        ChangeBatch("docroot", [("other.html", K.DELETED), ("page.html", K.MODIFIED)], 100.0)
+    )
+    _run_window(pipeline)
+    _close_window(pipeline, clock)
+    assert journal.pending_paths("www", 10) == ["/page.html"]
+    assert dict(journal.index_iter("docroot", "page.html")) == {"page.html": FileStat(6, 6, 6)}

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -316,3 +317,81 @@ def test_a_daemon_counts_a_replaced_watcher_and_keeps_invalidating(
             what="both files invalidated",
         )
         assert watcher not in _children(proc.proc.pid)
+
+
+class _Recorder(WatchEvents):
+    """Every call a watch makes, in order: ("changes", items), ("overflow", None)..."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.calls: list[tuple[str, object]] = []
+
+    def changes(self, items: Sequence[tuple[str, ChangeKind]]) -> None:
+        with self._lock:
+            self.calls.append(("changes", list(items)))
+
+    def change(self, rel: str, kind: ChangeKind) -> None:
+        with self._lock:
+            self.calls.append(("change", (rel, kind)))
+
+    def overflow(self) -> None:
+        with self._lock:
+            self.calls.append(("overflow", None))
+
+    def delivered(self) -> list[tuple[str, ChangeKind]]:
+        with self._lock:
+            calls = list(self.calls)
+        out: list[tuple[str, ChangeKind]] = []
+        for what, payload in calls:
+            if what == "changes":
+                out += payload  # type: ignore[arg-type]
+            elif what == "change":
+                out.append(payload)  # type: ignore[arg-type]
+        return out
+
+
+def test_a_burst_through_the_pipe_arrives_in_batches_complete_and_in_order(
+    tmp_path: Path,
+) -> None:
+    """3,000 files written one after another: the parent hears them in batches (one per read
+    of the pipe, not one call per change), every file's creation and close, in the order
+    they were written."""
+    root = tmp_path / "www"
+    root.mkdir()
+    events = _Recorder()
+    watch = WatchProcess(WatchSettings("docroot", str(root), watcher="inotify"), events)
+    watch.start()
+    names = [f"f{i:04}.html" for i in range(3000)]
+    try:
+        for name in names:
+            (root / name).write_bytes(b"x")
+        wait_for(lambda: (names[-1], K.MODIFIED) in events.delivered(), 30, what="the last")
+    finally:
+        watch.stop()
+    delivered = events.delivered()
+    assert [rel for rel, kind in delivered if kind is K.MODIFIED] == names
+    assert [rel for rel, kind in delivered if kind is K.CREATED] == names
+    for name in names:
+        assert delivered.index((name, K.CREATED)) < delivered.index((name, K.MODIFIED))
+    batches = [p for what, p in events.calls if what == "changes"]
+    assert all(what == "changes" for what, _ in events.calls)
+    assert len(batches) < len(delivered) / 10  # batched: far fewer calls than changes
+
+
+def test_a_control_record_between_changes_keeps_its_place(tmp_path: Path) -> None:
+    """Records read at once are delivered in their order: the changes before an overflow
+    go before it, in one batch, and those after it in another."""
+    events = _Recorder()
+    watch = WatchProcess(WatchSettings("docroot", str(tmp_path)), events)
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"Ca.html\0Ma.html\0O\0Db.html\0Rsub\0")
+    os.close(write_end)
+    try:
+        watch._read(read_end)
+    finally:
+        os.close(read_end)
+    assert events.calls == [
+        ("changes", [("a.html", K.CREATED), ("a.html", K.MODIFIED)]),
+        ("overflow", None),
+        ("changes", [("b.html", K.DELETED), ("sub", K.RESCAN)]),
+    ]

@@ -50,9 +50,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import pathspec
 import structlog
 
-from invalidatord.contracts import ChangeSink
+from invalidatord.contracts import BatchSink, ChangeSink
 from invalidatord.errors import SourceError
-from invalidatord.model import DEFAULT_IGNORE, Change, ChangeKind, FileStat
+from invalidatord.model import DEFAULT_IGNORE, Change, ChangeBatch, ChangeKind, FileStat
 from invalidatord.sources.content import Hashed, IsSymlink, file_digest
 from invalidatord.sources.ignore import GIT_LOCK, matchers, walk_filter, with_fences
 from invalidatord.sources.watcher import (
@@ -107,6 +107,10 @@ class _Attachment(WatchEvents):
         if self._current():
             self._source.change(rel, kind)
 
+    def changes(self, items: Sequence[tuple[str, ChangeKind]]) -> None:
+        if self._current():
+            self._source.changes(items)
+
     def overflow(self) -> None:
         if self._current():
             self._source.overflow()
@@ -150,8 +154,11 @@ class FilesystemSource(WatchEvents):
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
         hold_while: Sequence[str] = (),
+        sink_batch: BatchSink | None = None,
     ) -> None:
-        """`metrics`: where its overflows and watcher restarts are counted as they happen.
+        """`sink_batch`: where a burst the watcher process read at once is delivered as one
+        `ChangeBatch` (without it, each of its changes goes to `sink`).
+        `metrics`: where its overflows and watcher restarts are counted as they happen.
         `hold_while`: deploy markers, relative to the root (`deploy_marker` says which exists);
         `.git/index.lock` is always one. Markers are ignored: never a change."""
         # watcher, poll_interval and each ignore pattern are checked by the config
@@ -196,6 +203,7 @@ class FilesystemSource(WatchEvents):
         #: wall clock (ns) at which the current watch began, at the latest; 0 before.
         self.watching_since_ns = 0
         self._sink = sink
+        self._sink_batch = sink_batch
         self._clock = clock
         self._metrics = metrics
         spec = pathspec.GitIgnoreSpec.from_lines(self.ignore)
@@ -645,23 +653,41 @@ class FilesystemSource(WatchEvents):
     # -- WatchEvents: called on the watcher's threads -----------------------------------------
 
     def change(self, rel: str, kind: ChangeKind) -> None:
-        if not self._delivering:
+        if not self._delivering or self._root_replaced():
             return
-        now = time.monotonic_ns()
-        if now >= self._next_check_ns:
-            # The root replaced under a busy watch: its events may already be about a tree
-            # no longer served (git-sync deletes the old worktree right after the swap).
-            self._next_check_ns = now + _ROOT_CHECK_ON_EVENT_NS
-            if self._root_identity() != self._identity:
-                self._generation += 1
-                self._root_event.set()
-                return
         try:
             self._sink(Change(self.name, rel, kind, self._clock()))
         except Exception:
             # The sink promises not to raise; if it does, losing the watcher's thread would
             # lose every later change, so log and carry on.
             log.exception("sink_failed", source=self.name, path=rel, kind=str(kind))
+
+    def changes(self, items: Sequence[tuple[str, ChangeKind]]) -> None:
+        sink_batch = self._sink_batch
+        if sink_batch is None:
+            super().changes(items)
+            return
+        if not self._delivering or self._root_replaced():
+            return
+        try:
+            sink_batch(ChangeBatch(self.name, items, self._clock()))
+        except Exception:
+            # as in `change`: the watcher's thread must outlive a sink that raises
+            log.exception("sink_failed", source=self.name, changes=len(items))
+
+    def _root_replaced(self) -> bool:
+        """Whether the root was found replaced under a busy watch (checked at most every
+        10 ms): its events may already be about a tree no longer served (git-sync deletes
+        the old worktree right after the swap), so they are dropped from now on."""
+        now = time.monotonic_ns()
+        if now < self._next_check_ns:
+            return False
+        self._next_check_ns = now + _ROOT_CHECK_ON_EVENT_NS
+        if self._root_identity() == self._identity:
+            return False
+        self._generation += 1
+        self._root_event.set()
+        return True
 
     def overflow(self) -> None:
         if not self._delivering:

@@ -20,7 +20,7 @@ from invalidatord.config import (
     SourceConfig,
     SqsSourceConfig,
 )
-from invalidatord.contracts import ChangeSink, Source
+from invalidatord.contracts import BatchSink, ChangeSink, Source
 from invalidatord.errors import InvalidatordError
 
 if TYPE_CHECKING:  # the CLI imports this module to prespawn, before anything heavy
@@ -39,6 +39,8 @@ class BuildContext:
     metrics: Metrics
     #: a boto3 client of a service ("sqs", "s3") with the daemon's session and endpoint
     client: Callable[[str], Any]
+    #: where a source may deliver a burst of changes as one value
+    sink_batch: BatchSink | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,7 @@ def _filesystem(scfg: FilesystemSourceConfig, ctx: BuildContext) -> Source:
         compare=scfg.compare,
         metrics=ctx.metrics,
         hold_while=scfg.hold_while,
+        sink_batch=ctx.sink_batch,
     )
 
 

@@ -44,7 +44,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -185,6 +185,13 @@ class WatchEvents:
 
     def change(self, rel: str, kind: ChangeKind) -> None:
         """A change of `rel` (relative to the root; "" = the root itself)."""
+
+    def changes(self, items: Sequence[tuple[str, ChangeKind]]) -> None:
+        """Many changes in the order seen, as `change` of each (the default): the watcher
+        process delivers each read of its pipe this way."""
+        change = self.change
+        for rel, kind in items:
+            change(rel, kind)
 
     def overflow(self) -> None:
         """The kernel's event queue overflowed: changes were lost, rescan everything."""
@@ -792,6 +799,7 @@ class WatchProcess:
 
     def _read(self, fd: int) -> None:
         tail = b""
+        fsdecode = os.fsdecode
         try:
             while True:
                 data = os.read(fd, _READ_SIZE)
@@ -799,13 +807,21 @@ class WatchProcess:
                     break
                 frames = (tail + data).split(b"\0") if tail else data.split(b"\0")
                 tail = frames.pop()
+                # The changes of one read go as one call (a burst is some 2,500 records a
+                # read): per change, a call chain and a queue item less.
+                batch: list[tuple[str, ChangeKind]] = []
                 for frame in frames:
                     code = frame[0]
                     kind = _CODE_KIND.get(code)
                     if kind is not None:
-                        self.events.change(os.fsdecode(frame[1:]), kind)
-                    else:
-                        self._control(code, frame[1:])
+                        batch.append((fsdecode(frame[1:]), kind))
+                        continue
+                    if batch:  # what came before a control record goes before it
+                        self.events.changes(batch)
+                        batch = []
+                    self._control(code, frame[1:])
+                if batch:
+                    self.events.changes(batch)
         finally:
             self._healthy = False
             ended = bool(self.kind) and not self._stopping
