@@ -1,5 +1,5 @@
 """watchdog's inotify observer for a `Watch`: where the native reader (`sources/inotify.py`)
-cannot be used (not Linux, `inotify_simple` not installed). Imported only then, so the
+cannot be used (not Linux, or a libc without inotify). Imported only then, so the
 watcher process of a Linux host never loads watchdog.
 
 It delivers what the native reader delivers (the semantics are in `filesystem.py`); the

@@ -3,7 +3,7 @@
 `Watch` reads inotify (or polls) and turns what it reports into (relative path, ChangeKind)
 pairs: the event semantics are described in `filesystem.py`. On Linux it reads inotify
 itself (`sources/inotify.py`: one thread, batched reads, no watchdog); elsewhere, or
-without `inotify_simple`, through watchdog's observer (`sources/watchdog_observer.py`).
+where libc has no inotify, through watchdog's observer (`sources/watchdog_observer.py`).
 Polling is ours either way (`_Poller`). It is used in-process, or in a child started by
 `WatchProcess`: `python -m invalidatord.sources.watcher`.
 
@@ -71,7 +71,7 @@ __all__ = [
     "WatchSettings",
 ]
 
-#: Whether `Watch` reads inotify itself where it can (Linux, `inotify_simple` installed);
+#: Whether `Watch` reads inotify itself where it can (Linux: `sources/inotify.py`);
 #: False: always through watchdog (the tests run both).
 NATIVE = sys.platform.startswith("linux")
 
@@ -415,7 +415,7 @@ class Watch:
 
 
 def _native_reader() -> type[InotifyReader] | None:
-    """The native reader's class; None where `inotify_simple` cannot be imported."""
+    """The native reader's class; None where it cannot be imported (no inotify in libc)."""
     try:
         from invalidatord.sources.inotify import InotifyReader
     except ImportError:
