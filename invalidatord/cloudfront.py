@@ -251,6 +251,13 @@ class AwsSession:
             service, region_name=self.region_name, endpoint_url=endpoint_url, config=config
         )
 
+    def prefer_data(self, path: str) -> None:
+        """Make the session's clients read botocore data (service models, in botocore's
+        layout) from `path` first, botocore's own where `path` has none."""
+        loader = self.botocore.get_component("data_loader")
+        if path not in loader.search_paths:
+            loader.search_paths.insert(0, path)
+
     def get_credentials(self) -> botocore.credentials.Credentials | None:
         return self.botocore.get_credentials()
 
@@ -294,6 +301,54 @@ def make_session(
     assumed.botocore.register_component("credential_provider", resolver)
     return assumed
 
+
+def cut_service_model(model: dict[str, Any], operations: frozenset[str]) -> dict[str, Any]:
+    """A service model (botocore's service-2 JSON) with only `operations`, the shapes they
+    reach and every error shape (so a client's exception classes are all there), without
+    documentation. An operation it does not have is a KeyError."""
+    shapes = model["shapes"]
+    kept: dict[str, Any] = {}
+    todo = [name for name, shape in shapes.items() if shape.get("exception")]
+    for name in operations:
+        op = model["operations"][name]
+        todo += [op[k]["shape"] for k in ("input", "output") if k in op]
+        todo += [e["shape"] for e in op.get("errors", ())]
+    while todo:
+        name = todo.pop()
+        if name in kept:
+            continue
+        shape = kept[name] = shapes[name]
+        todo += [shape[k]["shape"] for k in ("member", "key", "value") if k in shape]
+        todo += [m["shape"] for m in shape.get("members", {}).values()]
+    cut = {
+        **model,
+        "operations": {name: model["operations"][name] for name in sorted(operations)},
+        "shapes": {name: kept[name] for name in sorted(kept)},
+    }
+    return _undocumented(cut)  # type: ignore[no-any-return]
+
+
+def _undocumented(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: _undocumented(v)
+            for k, v in value.items()
+            if k not in ("documentation", "documentationUrl")
+        }
+    if isinstance(value, list):
+        return [_undocumented(v) for v in value]
+    return value
+
+
+#: The CloudFront operations `Boto3CloudFront` calls: its client has these alone.
+CLOUDFRONT_OPERATIONS = frozenset({"CreateInvalidation", "GetInvalidation", "ListInvalidations"})
+#: botocore data of our own, in botocore's layout: CloudFront's service model cut down to
+#: `CLOUDFRONT_OPERATIONS` by `cut_service_model` (`scripts/cut-cloudfront-model` writes it
+#: from the installed botocore; tests/test_cloudfront.py checks that they still agree). The
+#: whole model, 167 operations and 829 shapes, is 3.0 MiB of Python objects that a client
+#: holds for as long as it lives, and loading it then cutting it would leave that memory
+#: fragmented: the cut one is 0.2 MiB.
+DATA_PATH = os.path.join(os.path.dirname(__file__), "data", "botocore")
 
 #: The services the daemon makes clients of: botocore's endpoint data is kept for these only.
 AWS_SERVICES = frozenset({"cloudfront", "sts", "sqs", "s3"})
@@ -376,6 +431,8 @@ class Boto3CloudFront:
             read_timeout=read_timeout,
             user_agent_extra=f"invalidatord/{__version__}",
         )
+        # the session's CloudFront clients have CLOUDFRONT_OPERATIONS alone from now on
+        session.prefer_data(DATA_PATH)
         self._session = session
         self._endpoint_url = endpoint_url
         self._config = config

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import botocore.credentials
 import botocore.exceptions
+import botocore.loaders
 import botocore.session
 import pytest
 import structlog
@@ -16,8 +19,11 @@ from structlog.testing import capture_logs
 
 from invalidatord.cloudfront import (
     AWS_SERVICES,
+    CLOUDFRONT_OPERATIONS,
+    DATA_PATH,
     Boto3CloudFront,
     DryRunCloudFront,
+    cut_service_model,
     make_session,
     normalise_status,
     translate,
@@ -497,3 +503,66 @@ def test_session_resolves_endpoints_as_botocore_does(aws_env: None, region: str)
         assert a._request_signer._region_name == b._request_signer._region_name
         assert a._request_signer._signing_name == b._request_signer._signing_name
     assert ours.client("sns").meta.service_model.service_name == "sns"
+
+
+def test_the_shipped_cloudfront_model_is_the_installed_botocores_cut(aws_env: None) -> None:
+    """invalidatord/data/botocore holds exactly `cut_service_model` of the installed
+    botocore's CloudFront model at its latest version (after a botocore upgrade that changed
+    it, `scripts/cut-cloudfront-model` writes it again), and nothing else."""
+    loader = botocore.loaders.Loader()  # botocore's own data only
+    version = loader.determine_latest_version("cloudfront", "service-2")
+    full = loader.load_service_model("cloudfront", "service-2", version)
+    shipped = Path(DATA_PATH, "cloudfront", version, "service-2.json")
+    assert json.loads(shipped.read_text()) == cut_service_model(full, CLOUDFRONT_OPERATIONS)
+    assert sorted(p.relative_to(DATA_PATH) for p in Path(DATA_PATH).rglob("*.*")) == [
+        Path("cloudfront", version, "service-2.json")
+    ]
+
+
+def test_the_cloudfront_client_has_the_three_operations_and_every_error(
+    cloudfront: CloudFrontEmulator,
+) -> None:
+    """The edge's client is made from the cut model: the daemon's three operations, each
+    of CloudFront's modeled errors as an exception class (TooManyInvalidationsInProgress,
+    NoSuchDistribution, ...), and it works against the emulator; a client of another
+    session still has the whole API."""
+    cf = edge(cloudfront)
+    cf.check_distribution(cloudfront.distribution_id)
+    client = cf._get_client()
+    model = client.meta.service_model
+    assert set(model.operation_names) == CLOUDFRONT_OPERATIONS
+    full = botocore.session.get_session().get_service_model("cloudfront")
+    assert {s.name for s in model.error_shapes} == {s.name for s in full.error_shapes}
+    assert issubclass(
+        client.exceptions.TooManyInvalidationsInProgress, botocore.exceptions.ClientError
+    )
+    other = make_session(None, None, None).client("cloudfront")
+    assert "GetDistribution" in other.meta.service_model.operation_names
+
+
+def test_cut_service_model_keeps_what_the_operations_reach() -> None:
+    """Only the named operations, every shape they reach through members, lists and maps,
+    every error shape, no documentation; an operation the model lacks is a KeyError."""
+    model = {
+        "metadata": {"apiVersion": "1"},
+        "operations": {
+            "Keep": {"input": {"shape": "In"}, "output": {"shape": "Out"}, "documentation": "d"},
+            "Drop": {"input": {"shape": "Unused"}},
+        },
+        "shapes": {
+            "In": {"type": "structure", "members": {"L": {"shape": "List"}}},
+            "List": {"type": "list", "member": {"shape": "Map"}},
+            "Map": {"type": "map", "key": {"shape": "S"}, "value": {"shape": "S"}},
+            "S": {"type": "string", "documentation": "text"},
+            "Out": {"type": "structure", "members": {}},
+            "Unused": {"type": "structure", "members": {"X": {"shape": "S"}}},
+            "Oops": {"type": "structure", "members": {}, "exception": True},
+        },
+    }
+    cut = cut_service_model(model, frozenset({"Keep"}))
+    assert list(cut["operations"]) == ["Keep"]
+    assert sorted(cut["shapes"]) == ["In", "List", "Map", "Oops", "Out", "S"]
+    assert "documentation" not in json.dumps(cut)
+    assert cut["metadata"] == {"apiVersion": "1"}
+    with pytest.raises(KeyError):
+        cut_service_model(model, frozenset({"Nope"}))
