@@ -5,6 +5,10 @@ Pure: no I/O, time passed in. The daemon feeds it `TreeScanner.scan(prefix)` and
 (surrogateescape) encoding, and merges them: neither side is ever held in memory. The changes
 it returns go through the pipeline like any watched change, so files changed while the daemon
 was stopped (or while inotify overflowed) are invalidated and unchanged files are not.
+
+`diff_runs` is the same merge for `compare: mtime` over `Row`s a run (a directory's files) and
+a page at a time (`RunScanner.scan_runs`, `Journal.index_pages`), which is what a restart of
+the daemon on a filesystem source does.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from invalidatord.contracts import ChangeSink, TreeScanner
+from invalidatord.contracts import ChangeSink, Row, TreeScanner
 from invalidatord.model import Change, ChangeKind, FileStat
 
 _CREATED = ChangeKind.CREATED
@@ -173,3 +177,78 @@ def _out_of_order(before: str, after: str, listing: str) -> None:
         f"catch-up diff: {listing} out of order, {after!r} came after {before!r} (both the "
         "tree listing and the index must be sorted by path_key, each path once)"
     )
+
+
+def diff_runs(
+    source: str,
+    disk: Iterable[list[Row]],
+    index: Iterable[list[Row]],
+    now: float,
+    differing: list[tuple[str, Row, Row]] | None = None,
+) -> tuple[list[Change], int]:
+    """`diff` over `Row`s: `disk` in runs, `index` in pages, both sorted by path key, each
+    path once. Returns the changes, in path order, and how many index rows were merged.
+
+    A path in both with a different row is MODIFIED; with `differing`, it is appended there
+    as (path, row on disk, row in the index) instead, for the caller to judge (`compare:
+    content` reads the file), and is not among the changes.
+
+    A run is compared whole with the next index rows as one list comparison (in C, no Python
+    per file): a directory nothing changed in costs no more. A run that differs is merged row
+    by row. Raises ValueError, as `diff` does, for a listing found out of order."""
+    changes: list[Change] = []
+    append = changes.append
+    pages = (page for page in index if page)
+    page: list[Row] = next(pages, [])
+    at = 0  # the next index row is page[at]
+    merged = 0  # index rows of earlier pages
+    last = b""  # the greatest path key taken so far
+    for run in disk:
+        if not run:
+            continue
+        k = len(run)
+        if at + k <= len(page) and run[0][0] > last and page[at : at + k] == run:
+            at += k  # this whole run unchanged: 1.5x the walk, not 1.9x (100,000 files)
+            last = run[-1][0]
+            continue
+        for row in run:
+            key = row[0]
+            if key <= last:
+                _out_of_order(_path(last), _path(key), "tree listing")
+            while True:  # the index rows before this one were deleted
+                if at == len(page):
+                    merged += at
+                    page, at = next(pages, []), 0
+                    if not page:
+                        break
+                old = page[at]
+                if old[0] >= key:
+                    break
+                if old[0] <= last:
+                    _out_of_order(_path(last), _path(old[0]), "index")
+                append(Change(source, _path(old[0]), _DELETED, now))
+                last = old[0]
+                at += 1
+            if at < len(page) and page[at][0] == key:
+                if page[at] != row:
+                    if differing is None:
+                        append(Change(source, _path(key), _MODIFIED, now))
+                    else:
+                        differing.append((_path(key), row, page[at]))
+                at += 1
+            else:
+                append(Change(source, _path(key), _CREATED, now))
+            last = key
+    while page:  # what is left of the index was deleted
+        for old in page[at:]:
+            if old[0] <= last:
+                _out_of_order(_path(last), _path(old[0]), "index")
+            append(Change(source, _path(old[0]), _DELETED, now))
+            last = old[0]
+        merged += len(page)
+        page, at = next(pages, []), 0
+    return changes, merged + at
+
+
+def _path(key: bytes) -> str:
+    return key.decode("utf-8", "surrogateescape")

@@ -98,6 +98,21 @@ class TreeScanner(Protocol):
         ...
 
 
+#: One file as a catch-up merges it fast: (path_key, size, mtime_ns, inode), the path as
+#: `catchup.path_key` encodes it, the stat as `FileStat` compares it.
+Row = tuple[bytes, int, int, int]
+
+
+@runtime_checkable
+class RunScanner(Protocol):
+    """A `TreeScanner` that also lists its tree as rows, a run of files at a time."""
+
+    def scan_runs(self, prefix: str = "") -> Iterator[list[Row]]:
+        """What `scan(prefix)` lists, in the same order, as `Row`s in runs (lists, none
+        empty) that together are that listing."""
+        ...
+
+
 class CloudFront(Protocol):
     """The CloudFront edge. `distribution_id` is the CloudFront id (E2EXAMPLE...).
 

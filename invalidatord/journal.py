@@ -885,6 +885,37 @@ class Journal:
                 return
             rows = self._read(more, (source, rows[-1][0], *args))
 
+    def index_pages(
+        self, source: str, prefix: str = "", *, page: int = 2_000
+    ) -> Iterator[list[tuple[bytes, int, int, int]]]:
+        """What `index_iter` yields, in the same order, as pages of rows (path key, size,
+        mtime_ns, inode): `contracts.Row`, the shape `catchup.diff_runs` compares, straight
+        from SQLite without a Python step per row."""
+        top = prefix.strip("/")
+        upper: tuple[bytes, ...] = ()
+        if top:
+            exact = _key(top)
+            rows = self._read(
+                "SELECT path, size, mtime_ns, inode FROM fs_index WHERE source = ? AND path = ?",
+                (source, exact),
+            )
+            if rows:
+                yield rows
+            low, upper = exact + b"/", (exact + b"0",)  # b"0" sorts right after b"/"
+        else:
+            low = b""
+        cond = "AND path < ? " if upper else ""
+        select = "SELECT path, size, mtime_ns, inode FROM fs_index WHERE source = ? AND path"
+        first = f"{select} >= ? {cond}ORDER BY path LIMIT ?"
+        more = f"{select} > ? {cond}ORDER BY path LIMIT ?"
+        args = (*upper, page)
+        rows = self._read(first, (source, low, *args))
+        while rows:
+            yield rows
+            if len(rows) < page:
+                return
+            rows = self._read(more, (source, rows[-1][0], *args))
+
     def index_count(self, source: str, prefix: str, at_most: int) -> int:
         """How many indexed files of `source` have a path starting with `prefix` (text, not
         only a directory: `docs` counts `docs.html` too), counting no further than `at_most`:

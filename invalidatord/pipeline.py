@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import structlog
 
 from invalidatord import catchup
-from invalidatord.contracts import Fenced, Source, TreeScanner
+from invalidatord.contracts import Fenced, Row, RunScanner, Source, TreeScanner
 from invalidatord.debounce import Coalesced, Debouncer, Flush
 from invalidatord.errors import InvalidatordError
 from invalidatord.journal import Accepted, Journal
@@ -534,6 +534,26 @@ class Pipeline:
                     accepted.append(Accepted(distribution, url, first_seen, origin, version))
         return accepted
 
+    def _judge(
+        self,
+        source: str,
+        differing: list[tuple[str, Row, Row]],
+        same: Callable[[str, FileStat, FileStat], bool],
+        now: float,
+    ) -> list[Change]:
+        """MODIFIED for each path whose stat differs and that `same` does not find unchanged,
+        given the indexed stat with its digest, read 500 paths a query and only where the
+        sizes are equal (a different size is a change without reading)."""
+        changed: list[Change] = []
+        for start in range(0, len(differing), 500):
+            chunk = differing[start : start + 500]
+            indexed = self._journal.index_get(source, [p for p, d, o in chunk if d[1] == o[1]])
+            for path, disk, old in chunk:
+                before = indexed.get(path) or FileStat(old[1], old[2], old[3])
+                if not same(path, FileStat(disk[1], disk[2], disk[3]), before):
+                    changed.append(Change(source, path, ChangeKind.MODIFIED, now))
+        return changed
+
     def _rescan_into(
         self,
         source: str,
@@ -583,7 +603,26 @@ class Pipeline:
             read[path] = now
             return False
 
-        found = catchup.diff(source, scanner.scan(rescan.path), index_rows(), self._clock(), same)
+        runner = scanner if not swap and isinstance(scanner, RunScanner) else None
+        if runner is not None:
+            # the tree and the index a directory and a page at a time: where nothing changed,
+            # nothing per file in Python (1.93x the walk -> 1.4x, 100,000 files)
+            differing: list[tuple[str, Row, Row]] | None = [] if content else None
+            now = self._clock()
+            found, indexed = catchup.diff_runs(
+                source,
+                runner.scan_runs(rescan.path),
+                self._journal.index_pages(source, rescan.path),
+                now,
+                differing,
+            )
+            if differing:
+                found += self._judge(source, differing, same, now)
+                found.sort(key=lambda change: catchup.path_key(change.path))
+        else:
+            found = catchup.diff(
+                source, scanner.scan(rescan.path), index_rows(), self._clock(), same
+            )
         counts: Counter[ChangeKind] = Counter()
         for change in found:
             counts[change.kind] += 1
@@ -594,6 +633,8 @@ class Pipeline:
                 st = read.get(change.path)
                 if st is not None and change.path not in ready:
                     ready[change.path] = _Prepared(st, True, self._mapper.map(source, change.path))
+        if runner is not None:  # every path in both listings is unchanged or MODIFIED
+            unchanged = indexed - counts[ChangeKind.DELETED] - counts[ChangeKind.MODIFIED]
         self._metrics.rescans.labels(source, "subtree" if rescan.path else "tree").inc()
         fields = {
             "source": source,

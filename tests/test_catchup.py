@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 import tracemalloc
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from invalidatord.catchup import diff, path_key
+from invalidatord.catchup import diff, diff_runs, path_key
 from invalidatord.model import Change, ChangeKind, FileStat
 
 K = ChangeKind
@@ -248,3 +250,68 @@ def test_the_merge_holds_neither_listing() -> None:
         tracemalloc.stop()
     assert changes == []
     assert peak < 64 * 1024, f"peak {peak} bytes"
+
+
+# -- diff_runs: the same merge over rows, in runs and pages ------------------------------------
+
+
+def rows(files: dict[str, FileStat]) -> list[tuple[bytes, int, int, int]]:
+    return [(path_key(p), s.size, s.mtime_ns, s.inode) for p, s in ordered(files)]
+
+
+def split(items: list[tuple[bytes, int, int, int]], cuts: list[int]) -> list[list[Any]]:
+    """`items` cut into consecutive lists at the given positions (some may be empty)."""
+    bounds = sorted({0, len(items), *(c % (len(items) + 1) for c in cuts)})
+    return [items[a:b] for a, b in itertools.pairwise(bounds)] + [[]]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    disk=weird_trees,
+    index=weird_trees,
+    runs=st.lists(st.integers(0, 30), max_size=6),
+    pages=st.lists(st.integers(0, 30), max_size=6),
+)
+def test_diff_runs_agrees_with_diff_however_the_listings_are_cut(
+    disk: dict[str, FileStat], index: dict[str, FileStat], runs: list[int], pages: list[int]
+) -> None:
+    """For any two listings cut into any runs and pages, diff_runs reports what diff does,
+    in the same order, and counts every index row it merged."""
+    changes, merged = diff_runs(
+        "docroot", split(rows(disk), runs), split(rows(index), pages), now=3.0
+    )
+    assert changes == diff("docroot", iter(ordered(disk)), iter(ordered(index)), now=3.0)
+    assert merged == len(index)
+
+
+@settings(max_examples=200, deadline=None)
+@given(disk=weird_trees, index=weird_trees, runs=st.lists(st.integers(0, 30), max_size=6))
+def test_diff_runs_hands_the_pairs_that_differ_to_the_caller(
+    disk: dict[str, FileStat], index: dict[str, FileStat], runs: list[int]
+) -> None:
+    """With `differing`, a path in both whose row differs is not MODIFIED but handed back
+    with both rows, in path order; created and deleted paths are reported as before."""
+    differing: list[tuple[str, Any, Any]] = []
+    changes, _ = diff_runs(
+        "docroot", split(rows(disk), runs), [rows(index)], now=3.0, differing=differing
+    )
+    expected = reference(disk, index)
+    assert [(c.path, c.kind) for c in changes] == [e for e in expected if e[1] is not K.MODIFIED]
+    assert [p for p, _, _ in differing] == [p for p, k in expected if k is K.MODIFIED]
+    for path, on_disk, indexed in differing:
+        assert on_disk[1:] == tuple(disk[path][:3])
+        assert indexed[1:] == tuple(index[path][:3])
+
+
+def test_diff_runs_refuses_listings_out_of_order() -> None:
+    """A run or a page out of order (or a path twice) is a ValueError naming the listing,
+    as with diff."""
+    a, b = (b"a", 1, 1, 1), (b"b", 1, 1, 1)
+    with pytest.raises(ValueError, match="tree listing out of order"):
+        diff_runs("docroot", [[b], [a]], [], now=1.0)
+    with pytest.raises(ValueError, match="tree listing out of order"):
+        diff_runs("docroot", [[b, a]], [[a]], now=1.0)
+    with pytest.raises(ValueError, match="index out of order"):
+        diff_runs("docroot", [[(b"c", 1, 1, 1)]], [[b, a]], now=1.0)
+    with pytest.raises(ValueError, match="index out of order"):
+        diff_runs("docroot", [], [[b], [a]], now=1.0)

@@ -7,12 +7,13 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from invalidatord.catchup import diff, path_key
+from invalidatord.catchup import diff, diff_runs, path_key
 from invalidatord.journal import Journal
 from invalidatord.model import Change, ChangeKind, FileStat
 from invalidatord.sources.filesystem import FilesystemSource
@@ -141,3 +142,45 @@ def test_memory_source_scans_in_byte_order_not_code_point_order() -> None:
     for path in ("\u0800", "\udc80", "a/b", "a.b", "a0"):
         memory.set_file(path, FileStat(1, 1, 1))
     assert [p for p, _ in memory.scan()] == ["a.b", "a/b", "a0", "\udc80", "\u0800"]
+
+
+def test_scan_runs_and_index_pages_are_scan_and_index_iter_as_rows(tmp_path: Path) -> None:
+    """scan_runs() lists what scan() does, in the same order, as rows (path bytes, size,
+    mtime, inode) in runs broken at each subdirectory, none empty; index_pages() lists what
+    index_iter() does, page by page, under a prefix too; merged by diff_runs they find the
+    changes diff finds."""
+    root = tmp_path / "root"
+    rels = ["a.b", "a/b", "a/c", "a/x/y", "a/z", "a0", "é", "\udce9", "\u0800", "d/\udc80"]
+    _make(root, rels)
+    source = FilesystemSource("docroot", root, _sink)
+
+    def as_rows(listing: Iterable[tuple[str, FileStat]]) -> list[tuple[bytes, int, int, int]]:
+        return [(path_key(p), s.size, s.mtime_ns, s.inode) for p, s in listing]
+
+    for prefix in ("", "a", "d", "a/x", "nope"):
+        runs = list(source.scan_runs(prefix))
+        assert all(runs)
+        assert [r for run in runs for r in run] == as_rows(source.scan(prefix))
+    # a.b; then a/ is entered: a/b a/c, a/x/y, a/z; a0 ...: a new run after each directory
+    assert [[r[0] for r in run] for run in source.scan_runs("a")] == [
+        [b"a/b", b"a/c"],
+        [b"a/x/y"],
+        [b"a/z"],
+    ]
+    journal = Journal(tmp_path / "journal.sqlite")
+    journal.record_baseline("docroot", source.scan())
+    for prefix, page in (("", 1), ("", 3), ("", 2_000), ("a", 2), ("a.b", 5), ("d", 1)):
+        pages = list(journal.index_pages("docroot", prefix, page=page))
+        assert all(len(p) <= page for p in pages)
+        assert [r for p in pages for r in p] == as_rows(journal.index_iter("docroot", prefix))
+    os.unlink(os.fsencode(root / "a/c"))
+    with open(os.fsencode(root / "\udce9"), "ab") as f:
+        f.write(b"more")
+    _make(root, ["a/a", "d/\udcff"])
+    for page in (1, 3, 2_000):
+        changes, merged = diff_runs(
+            "docroot", source.scan_runs(), journal.index_pages("docroot", page=page), 1.0
+        )
+        assert changes == diff("docroot", source.scan(), journal.index_iter("docroot"), 1.0)
+        assert merged == len(rels)
+    journal.close()

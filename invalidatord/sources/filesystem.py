@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pathspec
 import structlog
 
-from invalidatord.contracts import BatchSink, ChangeSink
+from invalidatord.contracts import BatchSink, ChangeSink, Row
 from invalidatord.errors import SourceError
 from invalidatord.model import DEFAULT_IGNORE, Change, ChangeBatch, ChangeKind, FileStat
 from invalidatord.sources.content import Hashed, IsSymlink, file_digest
@@ -350,6 +350,44 @@ class FilesystemSource(WatchEvents):
         of the catch-up index), so the catch-up diff can merge the two without holding
         either: each directory is sorted with a subdirectory keyed as its name + "/", and
         walked depth first. Memory is the sorted listings along one path from the top."""
+        new = tuple.__new__  # FileStat's fields as one tuple: 0.2 us a file less than FileStat(...)
+        for rel_dir, files in self._runs(prefix):
+            for name, entry in files:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                    mode = st.st_mode & _S_IFMT
+                    # a symlink counts (with its own lstat) when it leads to a file
+                    if mode != _S_IFREG and (mode != _S_IFLNK or not entry.is_file()):
+                        continue
+                except OSError:
+                    continue
+                yield (
+                    rel_dir + name,
+                    new(FileStat, (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, None)),
+                )
+
+    def scan_runs(self, prefix: str = "") -> Iterator[list[Row]]:
+        """`scan(prefix)` as `Row`s, the files of one directory between its subdirectories
+        at a time (`contracts.RunScanner`): what `catchup.diff_runs` merges."""
+        for rel_dir, files in self._runs(prefix):
+            rows: list[Row] = []
+            for name, entry in files:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                    mode = st.st_mode & _S_IFMT
+                    if mode != _S_IFREG and (mode != _S_IFLNK or not entry.is_file()):
+                        continue
+                except OSError:
+                    continue
+                key = (rel_dir + name).encode("utf-8", "surrogateescape")
+                rows.append((key, st.st_size, st.st_mtime_ns, st.st_ino))
+            if rows:
+                yield rows
+
+    def _runs(self, prefix: str) -> Iterator[tuple[str, list[tuple[str, os.DirEntry[str]]]]]:
+        """The walk `scan` lists: (relative directory with a trailing "/", entries) for each
+        run of entries between a directory's subdirectories, in listing order. The entries
+        may be files or anything else but directories; the caller stats them."""
         top_rel = prefix.strip("/")
         match = self._match
         if top_rel:
@@ -369,32 +407,24 @@ class FilesystemSource(WatchEvents):
         listing = self._sorted_listing(top, top_dir)
         if not listing:
             return
-        new = tuple.__new__  # FileStat's fields as one tuple: 0.2 us a file less than FileStat(...)
-        stack = [(top_dir, iter(listing))]
+        stack = [(top_dir, listing, 0)]
         while stack:
-            rel_dir, entries = stack[-1]
-            for name, entry in entries:
+            rel_dir, entries, start = stack.pop()
+            end = len(entries)
+            for i in range(start, end):
+                name, entry = entries[i]
                 if name[-1] == "/":
+                    if i > start:
+                        yield rel_dir, entries[start:i]
+                    stack.append((rel_dir, entries, i + 1))
                     sub = rel_dir + name
                     listing = self._sorted_listing(entry.path, sub)
                     if listing:
-                        stack.append((sub, iter(listing)))
-                        break
-                    continue
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                    mode = st.st_mode & _S_IFMT
-                    # a symlink counts (with its own lstat) when it leads to a file
-                    if mode != _S_IFREG and (mode != _S_IFLNK or not entry.is_file()):
-                        continue
-                except OSError:
-                    continue
-                yield (
-                    rel_dir + name,
-                    new(FileStat, (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, None)),
-                )
+                        stack.append((sub, listing, 0))
+                    break
             else:
-                stack.pop()
+                if start < end:
+                    yield rel_dir, entries[start:] if start else entries
 
     def _sorted_listing(self, directory: str, rel_dir: str) -> list[tuple[str, os.DirEntry[str]]]:
         """The entries of one directory `scan` visits, as (name, entry), a subdirectory's
@@ -430,12 +460,14 @@ class FilesystemSource(WatchEvents):
         for name in ignored:
             keyed.pop(name, None)
         try:
-            # Without surrogate escapes, code point order is UTF-8 byte order.
+            # Without surrogate escapes, code point order is UTF-8 byte order. (The names
+            # are distinct: the entries themselves are never compared.)
             "".join(keyed).encode("utf-8")
-            order = sorted(keyed)
+            return sorted(keyed.items())
         except UnicodeEncodeError:
-            order = sorted(keyed, key=lambda name: name.encode("utf-8", "surrogateescape"))
-        return [(name, keyed[name]) for name in order]
+            return sorted(
+                keyed.items(), key=lambda item: item[0].encode("utf-8", "surrogateescape")
+            )
 
     def stat(self, path: str) -> FileStat | None:
         """The file's stat now (lstat for a symlink to a file, as `scan` reports it), or None
