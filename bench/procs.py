@@ -423,6 +423,13 @@ def covered(urls: Iterable[str], wanted: set[str]) -> set[str]:
     return hit
 
 
+def _accepted(db: sqlite3.Connection) -> str:
+    """The pending rows that are accepted: a journal that stages rows (schema 3) holds some
+    in windows still open, which are not (yet)."""
+    staged = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'windows'").fetchone()
+    return "pending WHERE staged_in NOT IN (SELECT id FROM windows)" if staged else "pending"
+
+
 class JournalProbe:
     """Reads the daemon's journal from outside (WAL: readers never block the writer) to learn
     which URL paths are accepted: pending, or already in a batch."""
@@ -451,7 +458,7 @@ class JournalProbe:
         if db is None:
             return 0, 0
         try:
-            pending = db.execute("SELECT count(*) FROM pending").fetchone()[0]
+            pending = db.execute(f"SELECT count(*) FROM {_accepted(db)}").fetchone()[0]  # noqa: S608
             files, wildcards = db.execute(
                 "SELECT coalesce(sum(files), 0), coalesce(sum(wildcards), 0) FROM batches "
                 "WHERE id > ? AND state != 'split'",
@@ -465,7 +472,7 @@ class JournalProbe:
         db = self._conn()
         if db is None:
             return set()
-        found = {str(r[0]) for r in db.execute("SELECT path FROM pending")}
+        found = {str(r[0]) for r in db.execute(f"SELECT path FROM {_accepted(db)}")}  # noqa: S608
         for (paths,) in db.execute(
             "SELECT paths FROM batches WHERE id > ? AND state != 'split'", (since_batch,)
         ):
@@ -476,7 +483,7 @@ class JournalProbe:
         db = self._conn()
         if db is None:
             return 0
-        return int(db.execute("SELECT count(*) FROM pending").fetchone()[0])
+        return int(db.execute(f"SELECT count(*) FROM {_accepted(db)}").fetchone()[0])  # noqa: S608
 
     def in_flight_batches(self) -> int:
         db = self._conn()

@@ -173,6 +173,11 @@ class Debouncer:
                     entry.first_seen = seen
         self._last_add = now
 
+    def first_seen(self, source: str, path: str) -> float | None:
+        """The earliest `Change.seen` pending for the file `path` of `source` (None: none)."""
+        entry = self._pending.get((source, path, False))
+        return None if entry is None else entry.first_seen
+
     def next_due(self, held: bool = False) -> float | None:
         """The monotonic time from which `due()` is true, None while nothing is pending.
 

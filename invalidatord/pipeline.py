@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from invalidatord import catchup
+from invalidatord import catchup, gcpause
 from invalidatord.contracts import Fenced, Row, RunScanner, Source, TreeScanner
 from invalidatord.debounce import Coalesced, Debouncer, Flush
 from invalidatord.errors import InvalidatordError
@@ -42,6 +42,9 @@ _ACCEPT_CHUNK = 10_000
 #: Paths prepared per loop iteration while a window is open (~10 ms of work, so changes
 #: arriving meanwhile are still taken promptly).
 _PREPARE_CHUNK = 500
+#: Prepared paths staged per journal transaction (or fewer, once all are prepared): each
+#: commit rewrites the index pages it touched, so 500 a commit cost twice 10,000 at once.
+_STAGE_CHUNK = 5_000
 #: How often a held batch is looked at again (the source stops holding by itself).
 _HOLD_RECHECK = 0.25
 
@@ -57,6 +60,19 @@ class _Prepared:
     # its new stat, nothing is invalidated
     unchanged: bool = False
     fingerprint: str = ""  # which version of the file (`model.fingerprint`); "" = not known
+
+
+@dataclass(slots=True)
+class _Staged:
+    """What was staged in the journal for one prepared path (`Pipeline._stage`)."""
+
+    prepared: _Prepared  # the preparation staged: the flush's own, unless the path changed again
+    first_seen: float
+    urls: list[Accepted]  # the URL rows staged for it
+    keys: set[tuple[str, str]]  # every (distribution, URL path) staged for it in this window
+    own: bool  # every URL row staged is the window's own (none was pending already)
+    kept: bool  # a change to invalidate (not one whose bytes turned out unchanged)
+    indexed: bool  # an index row was staged for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +144,9 @@ class Pipeline:
         # it was prepared is prepared again: its stat must be the last one.
         self._prepared: dict[str, dict[str, _Prepared]] = {name: {} for name in self._sources}
         self._unprepared: dict[str, dict[str, None]] = {name: {} for name in self._sources}
+        #: per source, the paths whose rows are staged in its open window
+        self._staged: dict[str, dict[str, _Staged]] = {name: {} for name in self._sources}
+        self._unstaged_paths: dict[str, dict[str, None]] = {name: {} for name in self._sources}
         self.accepted_paths = 0
 
     # Sources call these from their own threads: they must stay cheap and never block.
@@ -143,6 +162,9 @@ class Pipeline:
         """Start the loop. `first` runs on the pipeline thread before any change is taken
         (a first start's baseline): changes that arrive meanwhile wait in the queue, so they are
         judged against the finished baseline, exactly as if it had been recorded before."""
+        # rows a window staged before this process (or its predecessor) died were never
+        # accepted: forget them before anything reads the index (catch-up finds the files)
+        self._journal.discard_staged()
         self._thread = threading.Thread(
             target=self._run, args=(tuple(first),), name="pipeline", daemon=True
         )
@@ -234,7 +256,8 @@ class Pipeline:
                 and not self._holding(name)
                 and not self._held(name, debouncer, now)
             ):
-                self._accept(name, debouncer.flush())
+                with gcpause.paused():  # a full collection mid-flush: 30-70 ms of 10,000 paths
+                    self._accept(name, debouncer.flush())
                 flushed = True
         if not flushed:
             self._prepare_some()
@@ -300,6 +323,11 @@ class Pipeline:
                 for path in chunk:
                     del waiting[path]
                 self._prepare(source, chunk)
+                unstaged = self._unstaged_paths[source]
+                unstaged.update(dict.fromkeys(chunk))
+                if not waiting or len(unstaged) >= _STAGE_CHUNK:
+                    self._stage(source, list(unstaged))
+                    unstaged.clear()
                 return
 
     def _prepare(self, source: str, paths: list[str]) -> None:
@@ -350,6 +378,48 @@ class Pipeline:
                 mapper.map(source, path),
                 unchanged,
                 fingerprint(st, old),  # the content hash: `digest` is set
+            )
+
+    def _stage(self, source: str, paths: list[str]) -> None:
+        """Write the journal rows the flush will accept for these prepared paths now, while the
+        window is still open, so the flush only seals them (`Journal.stage`). A path changed
+        again is staged again; what the flush does not accept after all, it unstages."""
+        if self._outbox:
+            return  # a fleet publisher accepts into the outbox, which is not staged
+        debouncer = self._debouncers[source]
+        ready = self._prepared[source]
+        staged = self._staged[source]
+        seen: dict[str, float] = {}
+        prepared: list[tuple[str, _Prepared]] = []
+        for path in paths:
+            first = debouncer.first_seen(source, path)
+            p = ready.get(path)
+            if first is not None and p is not None:
+                seen[path] = first
+                prepared.append((path, p))
+        keep, index_updates = (
+            self._still_relevant(source, prepared) if source in self._scanners else (prepared, [])
+        )
+        kept = {path for path, _ in keep}
+        indexed = {path for _, path, _ in index_updates}
+        rows = {path: self._map(source, [(path, p)], seen.__getitem__) for path, p in keep}
+        try:
+            own = self._journal.stage(source, [u for r in rows.values() for u in r], index_updates)
+        except InvalidatordError as exc:  # nothing lost: the flush writes what is not staged
+            log.warning("stage_failed", source=source, error=str(exc))
+            return
+        for path, p in prepared:
+            urls = rows.get(path, [])
+            before = staged.get(path)
+            keys = {(u.distribution, u.path) for u in urls}
+            staged[path] = _Staged(
+                p,
+                seen[path],
+                urls,
+                keys | before.keys if before is not None else keys,
+                own and (before is None or before.own),
+                path in kept,
+                path in indexed or (before is not None and before.indexed),
             )
 
     def _drain(self, timeout: float) -> list[Change | ChangeBatch]:
@@ -453,6 +523,7 @@ class Pipeline:
         # and into several wildcards where it would have collapsed into one).
         ready = self._prepared[source]
         waiting = self._unprepared[source]
+        handled: set[str] = set()
         for start in range(0, len(paths), _ACCEPT_CHUNK):
             chunk = paths[start : start + _ACCEPT_CHUNK]
             for path in chunk:
@@ -461,21 +532,44 @@ class Pipeline:
             if todo:
                 self._prepare(source, todo)
             prepared = [(path, ready.pop(path)) for path in chunk]
+            # staged as the flush would accept them: only sealed (a 10,000-path flush's
+            # commit and mapping: 70-100 ms before staging, measured in the daemon)
+            same, prepared = self._split_staged(source, prepared, files)
             keep, index_updates = (
                 self._still_relevant(source, prepared) if scanner else (prepared, [])
             )
-            unchanged += len(index_updates) - len(keep)
-            accepted = self._map(source, keep, files)
-            self._journal.accept(
-                accepted,
-                index_updates,
-                {f"changes_accepted:{source}": len(keep)},
-                outbox=self._outbox,
-            )
-            for distribution, n in Counter(u.distribution for u in accepted).items():
+            accepted = self._map(source, keep, lambda p: files[p].first_seen, log_each=True)
+            n_kept = len(keep) + sum(1 for st in same if st.kept)
+            unchanged += len(index_updates) + sum(1 for st in same if st.indexed) - n_kept
+            counts = {f"changes_accepted:{source}": n_kept}
+            if self._outbox:
+                self._journal.accept(accepted, index_updates, counts, outbox=True)
+            else:
+                last = start + _ACCEPT_CHUNK >= len(paths)
+                handled.update(chunk)
+                unstage, unstage_index = self._unstaged(
+                    source, prepared, accepted, index_updates, handled if last else None
+                )
+                self._journal.seal(
+                    source,
+                    accepted,
+                    index_updates,
+                    counts,
+                    unstage=unstage,
+                    unstage_index=unstage_index,
+                    last=last,
+                )
+            everything = [*accepted, *(u for st in same for u in st.urls)]
+            for distribution, n in Counter(u.distribution for u in everything).items():
                 self._metrics.accepted.labels(distribution).inc(n)
-            kept += len(keep)
-            urls += len(accepted)
+            kept += n_kept
+            urls += len(everything)
+        if not paths and not self._outbox:
+            # closes a window whose paths all went (a release swap's diff decided instead)
+            unstage, unstage_index = self._unstaged(source, [], [], [], handled)
+            self._journal.seal(source, [], [], unstage=unstage, unstage_index=unstage_index)
+        self._staged[source] = {}
+        self._unstaged_paths[source].clear()
         # Only now is every change of the flush committed: the sources may forget them.
         receipts = [*self._held_receipts.pop(source, []), *flush.receipts]
         if receipts:
@@ -492,6 +586,62 @@ class Pipeline:
         )
         if urls:
             self._on_accepted()
+
+    def _split_staged(
+        self, source: str, prepared: list[tuple[str, _Prepared]], files: dict[str, Coalesced]
+    ) -> tuple[list[_Staged], list[tuple[str, _Prepared]]]:
+        """(the paths staged exactly as this flush accepts them, the others)."""
+        staged = self._staged[source]
+        same: list[_Staged] = []
+        rest: list[tuple[str, _Prepared]] = []
+        for path, p in prepared:
+            st = staged.get(path)
+            if (
+                st is not None
+                and st.prepared is p
+                and st.own
+                and files[path].first_seen >= st.first_seen
+                and len(st.keys) == len(st.urls)  # nothing staged for it that it no longer maps to
+            ):
+                same.append(st)
+                if p.mapped.rejected:
+                    self._map(source, [(path, p)], {path: st.first_seen}.__getitem__, log_each=True)
+            else:
+                rest.append((path, p))
+        return same, rest
+
+    def _unstaged(
+        self,
+        source: str,
+        rest: list[tuple[str, _Prepared]],
+        accepted: list[Accepted],
+        index_updates: list[tuple[str, str, FileStat | None]],
+        handled: set[str] | None,
+    ) -> tuple[list[tuple[str, str]], list[str]]:
+        """What the window staged that the flush does not accept: for the paths of `rest`
+        (accepted otherwise than staged), their staged URL rows not in `accepted` and their
+        staged index rows not in `index_updates`; with `handled` (the flush's last part),
+        everything staged for a path the flush did not name at all."""
+        staged = self._staged[source]
+        if not staged:
+            return [], []
+        keys = {(u.distribution, u.path) for u in accepted}
+        indexed = {path for _, path, _ in index_updates}
+        rows: list[tuple[str, str]] = []
+        index: list[str] = []
+        for path, _ in rest:
+            st = staged.get(path)
+            if st is not None:
+                rows += [k for k in st.keys if k not in keys]
+                if st.indexed and path not in indexed:
+                    index.append(path)
+        if handled is not None:
+            for path, st in staged.items():
+                if path not in handled:
+                    rows += st.keys
+                    if st.indexed:
+                        index.append(path)
+        return rows, index
 
     def _still_relevant(
         self, source: str, prepared: list[tuple[str, _Prepared]]
@@ -510,16 +660,26 @@ class Pipeline:
         return keep, index_updates
 
     def _map(
-        self, source: str, prepared: list[tuple[str, _Prepared]], files: dict[str, Coalesced]
+        self,
+        source: str,
+        prepared: list[tuple[str, _Prepared]],
+        first_seen_of: Callable[[str], float],
+        *,
+        log_each: bool = False,
     ) -> list[Accepted]:
+        """The URL paths to accept; `log_each`: log those that cannot be sent (once, at the
+        flush, not when they are staged)."""
         accepted: list[Accepted] = []
         for path, p in prepared:
             mapped = p.mapped
-            for url, reason in mapped.rejected:
-                log.warning("path_not_sendable", source=source, path=path, url=url, reason=reason)
-            if mapped.rule is None:
-                log.debug("change_unmatched", source=source, path=path)
-            first_seen = files[path].first_seen
+            if log_each:
+                for url, reason in mapped.rejected:
+                    log.warning(
+                        "path_not_sendable", source=source, path=path, url=url, reason=reason
+                    )
+                if mapped.rule is None:
+                    log.debug("change_unmatched", source=source, path=path)
+            first_seen = first_seen_of(path)
             # a non-UTF-8 name carries surrogate escapes, which SQLite text cannot hold
             readable = (
                 path

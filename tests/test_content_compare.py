@@ -228,7 +228,7 @@ def test_a_version_1_journal_gains_the_digest_column(tmp_path: Path) -> None:
         .execute("SELECT value FROM meta WHERE key = 'schema_version'")
         .fetchone()[0]
     )
-    assert version == str(SCHEMA_VERSION) == "2"
+    assert version == str(SCHEMA_VERSION) == "3"
 
 
 def test_a_journal_from_a_newer_version_is_refused(tmp_path: Path) -> None:

@@ -172,3 +172,22 @@ def test_a_path_in_a_later_batch_is_prepared_again(setup: Setup) -> None:
     _close_window(pipeline, clock)
     assert journal.pending_paths("www", 10) == ["/page.html"]
     assert dict(journal.index_iter("docroot", "page.html")) == {"page.html": FileStat(6, 6, 6)}
+
+
+def test_the_window_stages_the_rows_and_the_flush_seals_them(setup: Setup) -> None:
+    """The prepared paths' rows are written while the window is open (staged, not accepted:
+    nobody sees them pending), and the flush accepts exactly them."""
+    pipeline, source, journal, clock = setup
+    names = [f"s/f{i:04}.html" for i in range(600)]
+    for name in names:
+        source.set_file(name, FileStat(3, 3, 3))
+        source.emit(name, K.CREATED)
+    _run_window(pipeline)
+    staged = journal._db.execute("SELECT count(*) FROM pending WHERE staged_in != 0").fetchone()
+    assert staged[0] == len(names)
+    assert journal.pending_count() == 0
+    _close_window(pipeline, clock)
+    assert sorted(journal.pending_paths("www", 10_000)) == sorted("/" + n for n in names)
+    assert dict(journal.index_iter("docroot", "s")) == dict.fromkeys(names, FileStat(3, 3, 3))
+    assert journal._db.execute("SELECT count(*) FROM windows").fetchone()[0] == 0
+    assert journal._db.execute("SELECT count(*) FROM staged_index").fetchone()[0] == 0
