@@ -421,3 +421,52 @@ def test_exact_paths_log_no_wildcard_decision(
     assert len(cloudfront.created_paths(cloudfront.distribution_id)) == 300
     assert [e for e in logs if e["event"] == "wildcard_chosen"] == []
     assert [e["event"] for e in logs].count("batch_submitted") == 1
+
+
+def test_work_waiting_for_room_is_not_planned_again_until_the_room_or_a_moment_changes(
+    make_submitter: Callable[..., Submitter],
+    journal: Journal,
+    cloudfront: CloudFrontEmulator,
+    clock: FakeClock,
+) -> None:
+    """A burst accepted flush after flush while its work waits for wildcard room: a plan that
+    sent nothing is not made again for the same room within REPLAN_WAIT (each would weigh
+    every pending path only to wait again); after it, or as soon as room is freed, it is."""
+    from invalidatord.planner import PrefixTree
+    from invalidatord.submitter import REPLAN_WAIT
+
+    class CountingTree(PrefixTree):
+        counts = 0
+
+        def count(self, prefix: str, at_most: int) -> int:
+            CountingTree.counts += 1
+            return super().count(prefix, at_most)
+
+    paths = [f"/f{f:02}/p{i:03}.html" for f in range(60) for i in range(100)]
+    journal.accept(Accepted("www", p, clock.now, f"docroot:{p[1:]}") for p in paths[:4000])
+    cloudfront.in_progress_seconds = 3600.0
+    sub = make_submitter(trees={"www": CountingTree(paths)})
+    sub.cycle()
+    first = {p for r in creates(cloudfront) for p in r.paths}  # type: ignore[attr-defined]
+    assert first
+    assert sub.states["www"].waiting_for_room
+    # the next flushes of the burst, with the room as the plan that sent nothing left it
+    journal.accept(Accepted("www", p, clock.now, f"docroot:{p[1:]}") for p in paths[4000:])
+    CountingTree.counts = 0
+    sub.cycle()
+    sub.cycle()
+    assert CountingTree.counts == 0
+    sent = len(creates(cloudfront))
+    # a moment later it plans again (and still waits: no room)
+    clock.advance(REPLAN_WAIT + 0.1)
+    sub.cycle()
+    assert CountingTree.counts > 0
+    assert len(creates(cloudfront)) == sent
+    # room freed: planned at once, within the same moment, and the next wave goes
+    sub.cycle()
+    CountingTree.counts = 0
+    cloudfront.in_progress_seconds = 0.0
+    sub.poll_status()
+    sub.cycle()
+    assert CountingTree.counts > 0
+    assert len(creates(cloudfront)) > sent
