@@ -92,6 +92,19 @@ ROOT_WAIT = 60.0
 _Identity = tuple[int, int]  # (st_dev, st_ino) of the root directory
 
 
+def _file_lstat(entry: os.DirEntry[str]) -> os.stat_result | None:
+    """The entry's own lstat when it is a regular file or a symlink leading to one (what
+    `scan` lists), else None; None too when it vanished."""
+    try:
+        st = entry.stat(follow_symlinks=False)
+        mode = st.st_mode & _S_IFMT
+        if mode != _S_IFREG and (mode != _S_IFLNK or not entry.is_file()):
+            return None
+    except OSError:
+        return None
+    return st
+
+
 class _Attachment(WatchEvents):
     """What one watch reports, passed on while it is the source's current watch: once the
     root is replaced, the old watch's events describe a tree no longer served."""
@@ -353,13 +366,8 @@ class FilesystemSource(WatchEvents):
         new = tuple.__new__  # FileStat's fields as one tuple: 0.2 us a file less than FileStat(...)
         for rel_dir, files in self._runs(prefix):
             for name, entry in files:
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                    mode = st.st_mode & _S_IFMT
-                    # a symlink counts (with its own lstat) when it leads to a file
-                    if mode != _S_IFREG and (mode != _S_IFLNK or not entry.is_file()):
-                        continue
-                except OSError:
+                st = _file_lstat(entry)
+                if st is None:
                     continue
                 yield (
                     rel_dir + name,
@@ -372,12 +380,8 @@ class FilesystemSource(WatchEvents):
         for rel_dir, files in self._runs(prefix):
             rows: list[Row] = []
             for name, entry in files:
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                    mode = st.st_mode & _S_IFMT
-                    if mode != _S_IFREG and (mode != _S_IFLNK or not entry.is_file()):
-                        continue
-                except OSError:
+                st = _file_lstat(entry)
+                if st is None:
                     continue
                 key = (rel_dir + name).encode("utf-8", "surrogateescape")
                 rows.append((key, st.st_size, st.st_mtime_ns, st.st_ino))
