@@ -164,7 +164,14 @@ class Pipeline:
         judged against the finished baseline, exactly as if it had been recorded before."""
         # rows a window staged before this process (or its predecessor) died were never
         # accepted: forget them before anything reads the index (catch-up finds the files)
-        self._journal.discard_staged()
+        dropped = self._journal.discard_staged()
+        if dropped:
+            log.warning(
+                "staged_rows_discarded",
+                rows=dropped,
+                reason="a quiet window was open when the last run ended; its files are "
+                "found again by the catch-up",
+            )
         self._thread = threading.Thread(
             target=self._run, args=(tuple(first),), name="pipeline", daemon=True
         )
