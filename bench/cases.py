@@ -133,6 +133,14 @@ QUEUE_SYSCTL = "/proc/sys/fs/inotify/max_queued_events"
 INOTIFYWAIT_EVENTS = ["create", "close_write", "moved_to", "moved_from", "delete", "delete_self"]
 
 
+#: The throughput subjects: the daemon (`compare: content`, the default), the daemon with
+#: `compare: mtime` (no read or hash per change: what hashing costs the drain), watchdog
+#: alone, the daemon's watcher process alone, and inotifywait.
+TP_SUBJECTS = ("invalidatord", "invalidatord-mtime", "watchdog", "reader", "inotifywait")
+#: The subjects that are the daemon, with its quiet window to subtract.
+TP_DAEMONS = ("invalidatord", "invalidatord-mtime")
+
+
 class Subject(Protocol):
     pid: int
 
@@ -149,12 +157,14 @@ class Subject(Protocol):
 
 
 class DaemonSubject:
-    def __init__(self, ctx: Ctx, directory: Path, root: Path, rels: list[str]) -> None:
+    def __init__(
+        self, ctx: Ctx, directory: Path, root: Path, rels: list[str], compare: str | None = None
+    ) -> None:
         dist = ctx.emulator.new_distribution()
         shutil.rmtree(directory, ignore_errors=True)
         cfg = write_config(
             directory, root=root, endpoint=ctx.emulator.endpoint, distribution_id=dist,
-            quiet=TP_QUIET, max_delay=30, poll_interval=TP_POLL,
+            quiet=TP_QUIET, max_delay=30, poll_interval=TP_POLL, compare=compare,
         )  # fmt: skip
         self.daemon = Daemon(cfg)
         self.daemon.wait_ready()
@@ -270,7 +280,7 @@ def throughput(ctx: Ctx) -> dict[str, Any]:
     shutil.rmtree(root, ignore_errors=True)
     tree.make_dirs(root, rels)
     ctx.emulator.hold(True)  # like CloudFront: the first batch stays in flight for minutes
-    subjects = ["invalidatord", "watchdog", "reader", "inotifywait"]
+    subjects = list(TP_SUBJECTS)
     samples: list[dict[str, Any]] = []
     try:
         for rep in range(ctx.reps):
@@ -295,6 +305,8 @@ def _start_subject(
 ) -> Subject:
     if name == "invalidatord":
         return DaemonSubject(ctx, base / f"daemon-{rep}-{kind}", root, rels)
+    if name == "invalidatord-mtime":
+        return DaemonSubject(ctx, base / f"mtime-{rep}-{kind}", root, rels, compare="mtime")
     if name == "watchdog":
         return WatchdogSubject(root, rels)
     if name == "reader":
@@ -367,7 +379,7 @@ def _drain_once(
     finally:
         subject.close()
     drain = t1 - t0
-    effective = drain - (TP_QUIET if name == "invalidatord" else 0.0)
+    effective = drain - (TP_QUIET if name in TP_DAEMONS else 0.0)
     return {
         "subject": name,
         "pass": kind,
@@ -387,8 +399,10 @@ def _drain_once(
 def _throughput_summary(ctx: Ctx, samples: list[dict[str, Any]]) -> dict[str, Any]:
     med: dict[str, dict[str, dict[str, float]]] = {}
     for kind in ("create", "append"):
-        for name in ("invalidatord", "watchdog", "reader", "inotifywait"):
+        for name in TP_SUBJECTS:
             rows = [r for r in samples if r["subject"] == name and r["pass"] == kind]
+            if not rows:
+                continue
             med.setdefault(kind, {})[name] = {
                 "files_per_s": rnd(median([r["files_per_s"] for r in rows]), 1),
                 "drain_s": rnd(median([r["drain_s"] for r in rows])),
@@ -414,10 +428,13 @@ def _throughput_summary(ctx: Ctx, samples: list[dict[str, Any]]) -> dict[str, An
             "reader_vs_watchdog": rnd(
                 ratio(m["reader"]["files_per_s"], m["watchdog"]["files_per_s"])
             ),
+            "mtime_vs_watchdog": rnd(
+                ratio(m["invalidatord-mtime"]["files_per_s"], m["watchdog"]["files_per_s"])
+            ),
         }
         for kind, m in med.items()
     }
-    lost = sum(r["lost"] for r in samples if r["subject"] == "invalidatord")
+    lost = sum(r["lost"] for r in samples if r["subject"] in TP_DAEMONS)
     worst = min(r["invalidatord_vs_watchdog"] for r in ratios.values())
     return {
         "files": ctx.sizes.tp_files,

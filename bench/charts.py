@@ -21,9 +21,15 @@ import matplotlib.pyplot as plt
 
 _COLORS = {
     "invalidatord": "#1f77b4",
+    "invalidatord-mtime": "#aec7e8",
     "watchdog": "#ff7f0e",
     "reader": "#9467bd",
     "inotifywait": "#2ca02c",
+}
+
+_LABELS = {
+    "reader": "watcher process alone",
+    "invalidatord-mtime": "invalidatord, compare: mtime",
 }
 
 
@@ -58,10 +64,10 @@ def _save(fig: Any, path: Path) -> None:
 
 def _throughput(r: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    # "reader": invalidatord's watcher process alone (runs without it have three bars)
+    # "reader": the watcher process alone; older results lack it and "invalidatord-mtime"
     subjects = [
         n
-        for n in ("invalidatord", "watchdog", "reader", "inotifywait")
+        for n in ("invalidatord", "invalidatord-mtime", "watchdog", "reader", "inotifywait")
         if n in r["median"]["create"]
     ]
     width = 0.8 / len(subjects)
@@ -74,7 +80,7 @@ def _throughput(r: dict[str, Any], path: Path) -> None:
                 s["files_per_s"] for s in r["samples"] if s["subject"] == name and s["pass"] == kind
             ]
             ax.scatter([xs[-1]] * len(pts), pts, color="black", s=8, zorder=3)
-        label = "watcher process alone" if name == "reader" else name
+        label = _LABELS.get(name, name)
         ax.bar(xs, ys, width, label=label, color=_COLORS[name])
     ax.set_xticks([0, 1], ["create pass", "append pass"])
     ax.set_ylabel("files/s (median; dots = repetitions)")

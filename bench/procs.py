@@ -332,9 +332,11 @@ def write_config(
     max_delay: float = 30.0,
     max_pending: int = 10_000,
     poll_interval: float = 0.2,
+    compare: str | None = None,
 ) -> Path:
     """A config for one filesystem source on `root` -> one distribution, `/{path}` for every
-    file; JSON logs; periodic safety-net rescans off so none lands inside a measurement."""
+    file; JSON logs; periodic safety-net rescans off so none lands inside a measurement.
+    `compare`: the source's (None: the default, content)."""
     cfg = {
         "state_dir": str(directory / "state"),
         "aws": {"endpoint_url": endpoint, "region": "us-east-1"},
@@ -348,6 +350,8 @@ def write_config(
         "metrics": {"listen": "127.0.0.1:0"},
         "log": {"format": "json", "level": "info"},
     }
+    if compare is not None:
+        cfg["sources"][0]["compare"] = compare  # type: ignore[index]
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")

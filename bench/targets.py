@@ -53,6 +53,17 @@ def _throughput(tp: dict[str, Any]) -> list[Row]:
             "status": _ok(r >= 0.3 and m["invalidatord"]["lost_max"] == 0),
         }
     )
+    if "mtime_vs_watchdog" in rr:
+        rows.append(
+            {
+                "figure": "events, append pass: invalidatord with compare: mtime / watchdog alone",
+                "value": f"{_x(rr['mtime_vs_watchdog'])} "
+                f"({m['invalidatord-mtime']['files_per_s']:,.0f} files/s, no file read), "
+                f"lost {m['invalidatord-mtime']['lost_max']}",
+                "target": "stated",
+                "status": STATED,
+            }
+        )
     if "reader_vs_inotifywait" in rr:
         rows.append(
             {
