@@ -64,12 +64,9 @@ def _save(fig: Any, path: Path) -> None:
 
 def _throughput(r: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    # "reader": the watcher process alone; older results lack it and "invalidatord-mtime"
-    subjects = [
-        n
-        for n in ("invalidatord", "invalidatord-mtime", "watchdog", "reader", "inotifywait")
-        if n in r["median"]["create"]
-    ]
+    # the subjects in the order the run measured them (`cases.TP_SUBJECTS`; older results
+    # have fewer)
+    subjects = list(r["median"]["create"])
     width = 0.8 / len(subjects)
     for i, name in enumerate(subjects):
         xs, ys = [], []
